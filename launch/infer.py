@@ -1,0 +1,23 @@
+"""ddpinfer's entry point.
+
+    python launch/infer.py                                   # one process
+    torchrun --nproc_per_node=4 launch/infer.py task=generate model.path=/models/llm \
+        data.path=prompts.jsonl output.path=out.jsonl batch_size=16
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from ddpinfer.config import register_configs
+from ddpinfer.runner import main as run_main
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

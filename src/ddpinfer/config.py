@@ -1,0 +1,189 @@
+"""The configuration schema: the single source of truth for every key.
+
+YAML files under ``conf/`` only select values over these dataclasses; Hydra rejects a key that is
+not declared here, and ``__post_init__`` rejects a value that is declared but wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
+OUTPUT_FORMATS = ("auto", "jsonl", "parquet")
+POOLINGS = ("mean", "cls")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{key}={value} must be positive")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    path: str | None = None
+    """Local directory or hub id of the model. Unset: the task's bundled default (embed only)."""
+    dtype: str = "auto"
+    """auto (checkpoint dtype on CUDA, float32 on CPU) | float32 | bfloat16 | float16."""
+    max_length: int | None = None
+    """Inputs are truncated to this many tokens. Unset: the model's own limit."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with the checkpoint to run (needed by some architectures)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.dtype", self.dtype, DTYPES)
+        _check_positive("model.max_length", self.max_length)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    path: str | None = None
+    """Input: .jsonl, .csv, .parquet, or text with one input per line. Unset: bundled sample."""
+    format: str = "auto"
+    """auto (from the file suffix) | jsonl | csv | parquet | text."""
+    text_field: str = "text"
+    """Column or JSON key holding the input text (ignored for plain text files)."""
+    id_field: str | None = None
+    """Column or JSON key holding each input's id. Unset: the 0-based row index."""
+    unit_size: int | None = None
+    """Rows per work unit (assigned to one rank, written as one part). Unset: from the row count."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data.format", self.format, INPUT_FORMATS)
+        _check_positive("data.unit_size", self.unit_size)
+
+
+@dataclass(kw_only=True)
+class OutputConfig:
+    path: str | None = None
+    """Final result file. Unset: output.<format> inside the run directory."""
+    format: str = "auto"
+    """auto (from the suffix of output.path, else jsonl) | jsonl | parquet."""
+
+    def __post_init__(self) -> None:
+        _check_choice("output.format", self.format, OUTPUT_FORMATS)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    root: str = "runs"
+    """Folder under which run directories are made."""
+    name: str | None = None
+    """Run directory name under run.root. Unset: from output.path (or task, model and data)."""
+    dir: str | None = None
+    """Explicit run directory; overrides run.root and run.name."""
+    timeout_s: float = 1800.0
+    """How long any rank waits on the others in a collective before giving up."""
+
+    def __post_init__(self) -> None:
+        _check_positive("run.timeout_s", self.timeout_s)
+
+
+@dataclass(kw_only=True)
+class TaskConfig:
+    name: str = MISSING
+    """Which task runs; chosen with task=embed|classify|generate."""
+
+
+@dataclass(kw_only=True)
+class EmbedTaskConfig(TaskConfig):
+    name: str = "embed"
+    pooling: str = "mean"
+    """mean (masked mean over tokens) | cls (the first token's hidden state)."""
+    normalize: bool = True
+    """L2-normalise each embedding."""
+
+    def __post_init__(self) -> None:
+        _check_choice("task.pooling", self.pooling, POOLINGS)
+
+
+@dataclass(kw_only=True)
+class ClassifyTaskConfig(TaskConfig):
+    name: str = "classify"
+    top_k: int | None = None
+    """Also record the k most likely labels with their scores."""
+
+    def __post_init__(self) -> None:
+        _check_positive("task.top_k", self.top_k)
+
+
+@dataclass(kw_only=True)
+class GenerateTaskConfig(TaskConfig):
+    name: str = "generate"
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    """Greedy decoding unless true. Sampling is seeded per input, so results do not depend on
+    the world size or the batch an input lands in."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("task.max_new_tokens", self.max_new_tokens)
+        _check_positive("task.temperature", self.temperature)
+        _check_positive("task.top_k", self.top_k)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"task.top_p={self.top_p} must be in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class Config:
+    task: Any = MISSING
+    """One of the TaskConfig subclasses, selected through the config group `task`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    batch_size: int = 32
+    """Inputs per forward pass on each rank."""
+    device: str = "auto"
+    """auto (cuda:{local_rank} when CUDA is available, else cpu) | cpu | cuda."""
+    cpu_threads: int | None = None
+    """Torch threads per process on CPU. Unset: the node's cores divided by its processes."""
+    seed: int = 0
+    """Seed for sampling; each input draws from its own stream derived from this and its row."""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_positive("batch_size", self.batch_size)
+        _check_choice("device", self.device, DEVICES)
+        _check_positive("cpu_threads", self.cpu_threads)
+
+
+TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
+    "embed": EmbedTaskConfig,
+    "classify": ClassifyTaskConfig,
+    "generate": GenerateTaskConfig,
+}
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore; conf/config.yaml and conf/task/*.yaml build on it."""
+    store = ConfigStore.instance()
+    store.store(name="ddpinfer_schema", node=Config)
+    for name, schema in TASK_SCHEMAS.items():
+        store.store(group="task", name=f"{name}_schema", node=schema)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn Hydra's composed config into validated dataclasses (running ``__post_init__``)."""
+    if "hydra" in cfg:  # present when composed with return_hydra_config; not part of the schema
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, Config):
+        raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
+    if not isinstance(config.task, TaskConfig):
+        raise ValueError("task must be chosen: task=embed|classify|generate")
+    return config

@@ -1,0 +1,36 @@
+"""Logging: rank 0 talks to the console; every rank writes its own file in the run directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(run_dir: Path, rank: int, is_main: bool, level: str = "INFO") -> Path:
+    log_file = run_dir / "logs" / f"rank{rank}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(FORMAT.format(rank=rank), datefmt="%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file, encoding="utf-8")]
+    if is_main:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    _quiet_libraries(is_main)
+    return log_file
+
+
+def _quiet_libraries(is_main: bool) -> None:
+    """Library progress bars and warnings once, from rank 0, not once per rank."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not is_main:
+        hf_logging.set_verbosity_error()

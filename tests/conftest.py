@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def bert_embedder(models_dir) -> Path:
+    return tiny_models.save_bert_embedder(models_dir / "bert-embed")
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(models_dir) -> Path:
+    return tiny_models.save_bert_classifier(models_dir / "bert-classify")
+
+
+@pytest.fixture(scope="session")
+def gpt2_generator(models_dir) -> Path:
+    return tiny_models.save_gpt2_generator(models_dir / "gpt2-generate")

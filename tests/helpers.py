@@ -1,0 +1,77 @@
+"""Helpers shared by tests: sample inputs, JSONL files, and running the real entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER = REPO / "launch" / "infer.py"
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world",
+    "a much longer input that goes on and on so that the batches have different lengths to pad",
+    "short",
+    "distributed inference runs every input exactly once, in input order",
+    "numbers like 12 and 345",
+    "x",
+    "tests with random weights still check the plumbing end to end",
+    "what is the capital of france?",
+    "one more line",
+    "and another one with some punctuation!?",
+]
+
+
+def write_jsonl(path: Path, texts: list[str], id_prefix: str = "doc") -> Path:
+    with open(path, "w") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"uid": f"{id_prefix}-{i}", "text": text}) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GLOO_SOCKET_IFNAME="lo")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def launch(
+    args: list[str],
+    *,
+    nproc: int | None = None,
+    cwd: Path,
+    timeout: float = 300,
+    extra: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the real entry point: `python launch/infer.py` or `torchrun --nproc_per_node=N ...`."""
+    if nproc is None:
+        cmd = [sys.executable, str(LAUNCHER), *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *(extra or []),
+            str(LAUNCHER),
+            *args,
+        ]
+    return subprocess.run(
+        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result

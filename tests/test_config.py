@@ -1,0 +1,92 @@
+"""The config composes as users override it: through Hydra's compose API, without running."""
+
+import pytest
+from helpers import REPO
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from ddpinfer.config import (
+    ClassifyTaskConfig,
+    Config,
+    EmbedTaskConfig,
+    GenerateTaskConfig,
+    register_configs,
+    to_config,
+)
+from ddpinfer.run_dir import resolve_run_dir
+
+register_configs()
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_defaults_are_the_embedded_embedding_job():
+    cfg = to_config(composed())
+    assert isinstance(cfg, Config) and isinstance(cfg.task, EmbedTaskConfig)
+    assert cfg.model.path is None and cfg.data.path is None  # the bundled model and sample
+    assert (cfg.task.pooling, cfg.task.normalize, cfg.batch_size) == ("mean", True, 32)
+
+
+def test_hydra_does_not_invent_per_rank_directories():
+    hydra = composed().hydra
+    assert hydra.job.chdir is False
+    assert hydra.run.dir == "." and hydra.output_subdir is None
+    assert "now" not in OmegaConf.to_yaml(composed().hydra.run)
+
+
+@pytest.mark.parametrize(
+    "task, schema", [("classify", ClassifyTaskConfig), ("generate", GenerateTaskConfig)]
+)
+def test_task_group_selects_its_schema(task, schema):
+    cfg = to_config(composed(f"task={task}", "model.path=/m"))
+    assert isinstance(cfg.task, schema)
+
+
+def test_overrides_reach_the_schema():
+    cfg = to_config(
+        composed(
+            "task=generate",
+            "task.max_new_tokens=7",
+            "batch_size=3",
+            "data.text_field=prompt",
+            "output.format=parquet",
+        )
+    )
+    assert (cfg.task.max_new_tokens, cfg.batch_size, cfg.data.text_field) == (7, 3, "prompt")
+    assert cfg.output.format == "parquet"
+
+
+@pytest.mark.parametrize(
+    "override", ["batch_sz=3", "task.poolin=cls", "model.pth=/x", "batch_size=abc", "task=foo"]
+)
+def test_typos_and_wrong_types_are_rejected(override):
+    with pytest.raises(ConfigCompositionException):
+        composed(override)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_size=0", "batch_size=0 must be positive"),
+        ("device=gpu", "device='gpu' is not one of auto, cpu, cuda"),
+        ("model.dtype=fp8", "model.dtype='fp8'"),
+        ("task.pooling=max", "task.pooling='max'"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        to_config(composed(override))
+
+
+def test_run_dir_follows_from_the_command_not_the_clock(tmp_path):
+    a = to_config(composed(f"output.path={tmp_path}/out.jsonl"))
+    b = to_config(composed(f"output.path={tmp_path}/out.jsonl", "batch_size=8"))
+    c = to_config(composed(f"output.path={tmp_path}/other.jsonl"))
+    assert resolve_run_dir(a) == resolve_run_dir(b) != resolve_run_dir(c)
+    assert resolve_run_dir(a).name.startswith("out-")
+    assert str(resolve_run_dir(to_config(composed("run.dir=/x/y")))) == "/x/y"
+    assert str(resolve_run_dir(to_config(composed("run.name=n", "run.root=/r")))) == "/r/n"
