@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start/stop a real SLURM cluster on this one host, for tests: one slurmctld and two
-# slurmd daemons (node1, node2; 4 CPUs each, partition "debug"), auth/none, all state
-# under one directory. It never touches /etc/slurm; use it through SLURM_CONF.
+# slurmd daemons (node1, node2; 4 CPUs and 2 stand-in GPUs each, partition "debug"),
+# auth/none, all state under one directory. The stand-in GPUs are /dev/null-like character
+# devices: they exercise --gpus-per-node scheduling (jobs get CUDA_VISIBLE_DEVICES and
+# SLURM_GPUS_ON_NODE) while the work itself falls back to the CPU. It never touches /etc/slurm; use it through SLURM_CONF.
 # Needs root (Debian 12, slurm-wlm 22.05; no systemd needed).
 #
 #   slurm/local-cluster.sh start     # installs slurm if missing, prints the export line
@@ -11,11 +13,13 @@
 #
 # Usage: local-cluster.sh install|start|stop|status
 # Env: SLURM_LOCAL_DIR (state dir, default /tmp/ddpinfer-slurm),
-#      SLURM_LOCAL_CPUS (CPUs per node, default 4), SLURM_LOCAL_WAIT (start timeout s, default 30)
+#      SLURM_LOCAL_CPUS (CPUs per node, default 4), SLURM_LOCAL_GPUS (stand-in GPUs per node,
+#      default 2), SLURM_LOCAL_WAIT (start timeout s, default 30)
 set -euo pipefail
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/ddpinfer-slurm}
 CPUS=${SLURM_LOCAL_CPUS:-4}
+GPUS=${SLURM_LOCAL_GPUS:-2}
 WAIT=${SLURM_LOCAL_WAIT:-30}
 HOST=$(hostname)
 CONF=$DIR/slurm.conf
@@ -46,7 +50,15 @@ install() {
 
 write_conf() {
     mkdir -p "$DIR/state" "$DIR/log"
-    for n in "${NODES[@]}"; do mkdir -p "$DIR/spool/$n"; done
+    for n in "${NODES[@]}"; do mkdir -p "$DIR/spool/$n" "$DIR/dev/$n"; done
+    local n i
+    : > "$DIR/gres.conf"
+    for n in "${NODES[@]}"; do
+        for i in $(seq 0 $((GPUS - 1))); do
+            [ -e "$DIR/dev/$n/gpu$i" ] || mknod "$DIR/dev/$n/gpu$i" c 1 3
+        done
+        echo "NodeName=$n Name=gpu File=$DIR/dev/$n/gpu[0-$((GPUS - 1))]" >> "$DIR/gres.conf"
+    done
     cat > "$CONF" <<EOF
 # written by slurm/local-cluster.sh
 ClusterName=ddpinfer
@@ -73,8 +85,9 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/jobcomp.log
 MinJobAge=600
 EnforcePartLimits=ALL
-NodeName=node1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6818 CPUs=$CPUS RealMemory=2000 State=UNKNOWN
-NodeName=node2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6819 CPUs=$CPUS RealMemory=2000 State=UNKNOWN
+GresTypes=gpu
+NodeName=node1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6818 CPUs=$CPUS Gres=gpu:$GPUS RealMemory=2000 State=UNKNOWN
+NodeName=node2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6819 CPUs=$CPUS Gres=gpu:$GPUS RealMemory=2000 State=UNKNOWN
 PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -122,7 +135,7 @@ start() {
     install
     stop
     # a drained node stays drained unless the state is wiped; job ids restart at 1
-    rm -rf "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/jobcomp.log"
+    rm -rf "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/dev" "$DIR/jobcomp.log"
     write_conf
     hosts_add
     slurmctld -f "$CONF"

@@ -75,3 +75,19 @@ def launch(
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """Start a process in the background, output to ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT
+        )

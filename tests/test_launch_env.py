@@ -62,3 +62,76 @@ def test_torchrun_wins_inside_a_slurm_allocation():
 def test_inconsistent_variables_are_named(environ, message):
     with pytest.raises(LaunchError, match=message):
         detect(environ)
+
+
+SRUN = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_NTASKS": "4",
+    "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    "SLURM_STEP_NODELIST": "gpu[07-08]",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+}
+
+
+def test_srun_task_is_a_rank():
+    env = detect(SRUN)
+    assert env.launcher == "slurm"
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (3, 1, 4, 2)
+    assert env.node_rank == 1 and env.job_id == "4242"
+    assert env.init_method == "tcp://gpu07:24242"
+
+
+def test_port_follows_the_job_id_and_explicit_master_wins():
+    other = detect({**SRUN, "SLURM_JOB_ID": "4243"})
+    assert other.init_method == "tcp://gpu07:24243"
+    env = detect({**SRUN, "MASTER_ADDR": "head", "MASTER_PORT": "1234"})
+    assert env.init_method == "tcp://head:1234"
+
+
+def test_the_batch_script_itself_is_not_a_rank():
+    # sbatch's batch step sets SLURM_PROCID=0 and SLURM_NTASKS, but no step id.
+    environ = {k: v for k, v in SRUN.items() if k != "SLURM_STEP_ID"}
+    env = detect({**environ, "SLURM_PROCID": "0"})
+    assert env.launcher == "single" and env.world_size == 1 and env.job_id == "4242"
+
+
+def test_torchrun_under_srun_with_one_task_per_node_is_fine():
+    env = detect(
+        {
+            **SRUN,
+            "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+            "RANK": "6",
+            "LOCAL_RANK": "2",
+            "WORLD_SIZE": "8",
+            "LOCAL_WORLD_SIZE": "4",
+        }
+    )
+    assert env.launcher == "torchrun" and env.rank == 6 and env.job_id == "4242"
+
+
+def test_srun_torchrun_with_several_tasks_per_node_is_refused():
+    with pytest.raises(LaunchError, match=r"2 tasks on this node.*srun --ntasks-per-node=1"):
+        detect({**SRUN, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "8"})
+
+
+def test_ntasks_that_disagrees_with_the_started_tasks_is_refused():
+    with pytest.raises(LaunchError, match=r"SLURM_NTASKS=8 but srun started 4 tasks"):
+        detect({**SRUN, "SLURM_NTASKS": "8"})
+
+
+def test_uneven_tasks_per_node():
+    env = detect(
+        {
+            **SRUN,
+            "SLURM_STEP_TASKS_PER_NODE": "3,1",
+            "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "0",
+            "SLURM_NODEID": "1",
+        }
+    )
+    assert env.local_world_size == 1

@@ -16,6 +16,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet")
+SHARED_FS = ("auto", "true", "false")
+FAULT_KINDS = ("raise", "exit")
 POOLINGS = ("mean", "cls")
 
 
@@ -69,9 +71,14 @@ class OutputConfig:
     """Final result file. Unset: output.<format> inside the run directory."""
     format: str = "auto"
     """auto (from the suffix of output.path, else jsonl) | jsonl | parquet."""
+    shared_fs: str = "auto"
+    """Do all nodes see rank 0's run directory? auto (probe it) | true | false (parts are sent
+    to rank 0 over the process group)."""
 
     def __post_init__(self) -> None:
         _check_choice("output.format", self.format, OUTPUT_FORMATS)
+        self.shared_fs = str(self.shared_fs).lower()  # `output.shared_fs=true` arrives as a bool
+        _check_choice("output.shared_fs", self.shared_fs, SHARED_FS)
 
 
 @dataclass(kw_only=True)
@@ -87,6 +94,21 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive("run.timeout_s", self.timeout_s)
+
+
+@dataclass(kw_only=True)
+class FaultConfig:
+    """Deliberate failures, to test failure handling end to end. Leave unset in real runs."""
+
+    rank: int | None = None
+    """The rank that fails. Unset: no fault."""
+    kind: str = "raise"
+    """raise (an exception) | exit (os._exit(1), no clean-up)."""
+    at_unit: int = 0
+    """Fail before this rank's at_unit-th work unit (0: before the first)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("fault.kind", self.kind, FAULT_KINDS)
 
 
 @dataclass(kw_only=True)
@@ -144,6 +166,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     batch_size: int = 32
     """Inputs per forward pass on each rank."""
     device: str = "auto"

@@ -4,7 +4,11 @@ Detection order (first match wins, and the order matters):
   1. torchrun (also `python -m torch.distributed.run`): it sets RANK, LOCAL_RANK, WORLD_SIZE.
      Checked first because torchrun is often started *inside* a SLURM allocation, where the
      SLURM variables describe the srun task, not the worker.
-  2. single process: plain `python launch/infer.py`, a world of one with no process group.
+  2. SLURM, only for a process started by `srun` (SLURM_STEP_ID is set): one task per rank, with
+     rank, local rank and world size from SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS, and the
+     rendezvous on the first host of the step at a port derived from the job id. The batch
+     script itself (no step) is not a rank: it is a single process.
+  3. single process: plain `python launch/infer.py`, a world of one with no process group.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from ddpinfer.nodelist import expand_tasks_per_node, first_host
+
+# Ports 20000-39999: above most services' fixed ports and below Linux's ephemeral range.
+PORT_BASE, PORT_SPAN = 20000, 20000
 
 
 class LaunchError(RuntimeError):
@@ -21,14 +30,15 @@ class LaunchError(RuntimeError):
 @dataclass(frozen=True, kw_only=True)
 class LaunchEnv:
     launcher: str
-    """torchrun | single"""
+    """torchrun | slurm | single"""
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
     node_rank: int = 0
     init_method: str | None = None
-    """How the process group finds its peers: 'env://' under torchrun, None for a single process."""
+    """How the process group finds its peers: 'env://' under torchrun, 'tcp://host:port' under
+    srun, None for a single process."""
     job_id: str | None = None
     """The scheduler's job id, when there is one."""
     restart_count: int = 0
@@ -65,9 +75,29 @@ def _check_ranks(env: LaunchEnv) -> LaunchEnv:
     return env
 
 
+def _in_srun_step(environ: Mapping[str, str]) -> bool:
+    return "SLURM_STEP_ID" in environ or "SLURM_STEPID" in environ
+
+
+def _srun_tasks_on_this_node(environ: Mapping[str, str]) -> int:
+    spec = environ.get("SLURM_STEP_TASKS_PER_NODE")
+    if not spec:
+        return 1
+    counts = expand_tasks_per_node(spec)
+    node = _int(environ, "SLURM_NODEID", 0)
+    return counts[node] if node < len(counts) else counts[-1]
+
+
 def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
     if not all(k in environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
         return None
+    if _in_srun_step(environ) and (tasks := _srun_tasks_on_this_node(environ)) > 1:
+        raise LaunchError(
+            f"torchrun was started by srun with {tasks} tasks on this node, so each task starts "
+            f"its own torchrun and the node runs {tasks} x nproc_per_node workers. HINT: start one "
+            "torchrun per node (srun --ntasks-per-node=1, as slurm/infer.sbatch does), or drop "
+            "torchrun and run one srun task per GPU (slurm/infer-srun.sbatch)."
+        )
     return _check_ranks(
         LaunchEnv(
             launcher="torchrun",
@@ -83,6 +113,44 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
     )
 
 
+def slurm_port(job_id: str) -> int:
+    """A rendezvous port from the job id, so two jobs sharing a node do not collide."""
+    digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
+    return PORT_BASE + int(digits) % PORT_SPAN
+
+
+def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
+    if not (_in_srun_step(environ) and "SLURM_PROCID" in environ):
+        return None
+    world_size = _int(environ, "SLURM_NTASKS", 1)
+    started = environ.get("SLURM_STEP_NUM_TASKS")
+    if started is not None and int(started) != world_size:
+        raise LaunchError(
+            f"SLURM_NTASKS={world_size} but srun started {started} tasks in this step "
+            f"(SLURM_STEP_NUM_TASKS), so ranks would wait for peers that never come. HINT: run "
+            f"srun with the same --ntasks as the allocation, or leave -n off srun."
+        )
+    job_id = environ.get("SLURM_JOB_ID", "0")
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise LaunchError("SLURM_JOB_NODELIST is not set, so rank 0's host is unknown")
+    addr = environ.get("MASTER_ADDR") or first_host(nodelist)
+    port = _int(environ, "MASTER_PORT", slurm_port(job_id))
+    return _check_ranks(
+        LaunchEnv(
+            launcher="slurm",
+            rank=_int(environ, "SLURM_PROCID"),
+            local_rank=_int(environ, "SLURM_LOCALID", 0),
+            world_size=world_size,
+            local_world_size=_srun_tasks_on_this_node(environ),
+            node_rank=_int(environ, "SLURM_NODEID", 0),
+            init_method=f"tcp://{addr}:{port}",
+            job_id=job_id,
+            restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+        )
+    )
+
+
 def single_process(environ: Mapping[str, str]) -> LaunchEnv:
     return LaunchEnv(launcher="single", job_id=environ.get("SLURM_JOB_ID"))
 
@@ -90,4 +158,4 @@ def single_process(environ: Mapping[str, str]) -> LaunchEnv:
 def detect(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read the launch environment (``os.environ`` by default) in the documented order."""
     environ = os.environ if environ is None else environ
-    return from_torchrun(environ) or single_process(environ)
+    return from_torchrun(environ) or from_slurm(environ) or single_process(environ)

@@ -39,6 +39,27 @@ class ProcessGroup:
         self._control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
         log.debug("process group up: backend=%s world_size=%d", backend, env.world_size)
 
+    @property
+    def control(self) -> dist.ProcessGroup | None:
+        """The gloo group for control traffic; None in a world of one."""
+        return self._control
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj``, on every rank."""
+        if self._control is None:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def all_gather_object(self, obj: object) -> list[object]:
+        """Every rank's small ``obj``, by rank. For a few bytes per rank only, never results."""
+        if self._control is None:
+            return [obj]
+        out: list[object] = [None] * self.env.world_size
+        dist.all_gather_object(out, obj, group=self._control)
+        return out
+
     def barrier(self) -> None:
         """Wait for every rank; after ``run.timeout_s`` fail, naming the ranks that never came."""
         if self._control is not None:

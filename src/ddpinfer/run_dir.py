@@ -2,7 +2,7 @@
 
 It follows from the command alone (never from the clock, which differs between ranks started a
 moment apart): run.dir if given, else run.root/run.name, else run.root/<name derived from
-output.path, or from task, model and data when there is no output.path>.
+output.path; else from the SLURM job id (kept by a requeue); else from task, model and data>.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 from ddpinfer.config import Config
 
 
-def derived_run_name(cfg: Config) -> str:
+def derived_run_name(cfg: Config, job_id: str | None = None) -> str:
     if cfg.output.path:
         out = Path(cfg.output.path).expanduser().resolve()
         key, stem = str(out), out.name.split(".")[0]
+    elif job_id:
+        return f"slurm-{job_id}"
     else:
         key = "|".join(str(x) for x in (cfg.task.name, cfg.model.path, cfg.data.path))
         stem = cfg.task.name
@@ -25,7 +27,7 @@ def derived_run_name(cfg: Config) -> str:
     return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
-def resolve_run_dir(cfg: Config) -> Path:
+def resolve_run_dir(cfg: Config, job_id: str | None = None) -> Path:
     if cfg.run.dir:
         return Path(cfg.run.dir).expanduser()
-    return Path(cfg.run.root).expanduser() / (cfg.run.name or derived_run_name(cfg))
+    return Path(cfg.run.root).expanduser() / (cfg.run.name or derived_run_name(cfg, job_id))

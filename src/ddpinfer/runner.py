@@ -16,10 +16,12 @@ from ddpinfer import inputs, launch_env, work_units
 from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import DeviceError, pin_device, resolve_device, set_cpu_threads
+from ddpinfer.faults import maybe_fail
 from ddpinfer.inference import group_by_unit, run_unit
 from ddpinfer.logs import setup_logging
 from ddpinfer.merge import MergeError, merge_parts, output_format
 from ddpinfer.model_loading import ModelLoadError
+from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
 from ddpinfer.parts import finished_units, write_part
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.run_dir import resolve_run_dir
@@ -52,7 +54,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     env = launch_env.detect(environ)
     device = resolve_device(cfg.device, env)
     pin_device(device)
-    run_dir = resolve_run_dir(cfg)
+    run_dir = resolve_run_dir(cfg, env.job_id)
     setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
     if device.type == "cpu":
         threads = set_cpu_threads(cfg.cpu_threads, env.local_world_size)
@@ -73,8 +75,10 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         num_rows = inputs.count_rows(spec)
         units = work_units.plan_units(num_rows, cfg.data.unit_size)
         mine = work_units.assign(len(units), env.rank, env.world_size)
-        rows_done = _run_units(cfg, device, run_dir, spec, units, mine)
+        rows_done = _run_units(cfg, env.rank, device, run_dir, spec, units, mine)
         group.barrier()
+        shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+        collect_parts(group, run_dir, list(mine), shares)
         if not env.is_main:
             return RunResult(run_dir, None, rows_done)
         written = merge_parts(run_dir, units, output, fmt)
@@ -84,8 +88,11 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         group.close()
 
 
-def _run_units(cfg, device, run_dir: Path, spec, units: list[range], mine: range) -> int:
-    todo = [i for i in mine if i not in finished_units(run_dir)]
+def _run_units(
+    cfg, env_rank: int, device, run_dir: Path, spec, units: list[range], mine: range
+) -> int:
+    done_before = finished_units(run_dir)
+    todo = [i for i in mine if i not in done_before]
     log.info(
         "%d input(s) in %d work unit(s); this rank has %d unit(s), %d to do",
         units[-1].stop if units else 0,
@@ -97,10 +104,12 @@ def _run_units(cfg, device, run_dir: Path, spec, units: list[range], mine: range
         return 0
     task = build_task(cfg, device)
     rows = inputs.read_rows(spec, work_units.rows_of([units[i] for i in mine]))
-    start, done = time.perf_counter(), 0
+    start, done, started = time.perf_counter(), 0, 0
     for unit_index, unit_rows in zip(mine, group_by_unit(rows, [units[i] for i in mine])):
-        if unit_index not in todo:
+        if unit_index in done_before:
             continue
+        maybe_fail(cfg.fault, env_rank, started)
+        started += 1
         write_part(run_dir, unit_index, run_unit(task, unit_rows, cfg.batch_size))
         done += len(unit_rows)
         rate = done / max(time.perf_counter() - start, 1e-9)
