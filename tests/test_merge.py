@@ -20,7 +20,7 @@ def test_merge_writes_every_row_once_in_order(tmp_path):
     write_units(tmp_path, units)
     assert finished_units(tmp_path) == {0, 1}
     out = tmp_path / "out.jsonl"
-    assert merge_parts(tmp_path, units, out, "jsonl") == 5
+    assert merge_parts(tmp_path, units, out, "jsonl").written == 5
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == [{"id": f"id{r}", "value": r * 10} for r in range(5)]
 
@@ -49,3 +49,23 @@ def test_duplicate_row_is_named(tmp_path):
     with pytest.raises(MergeError, match=r"duplicated ids \['id1'\]") as e:
         merge_parts(tmp_path, units, tmp_path / "out.jsonl", "jsonl")
     assert str(part_path(tmp_path, 0)) in str(e.value)
+
+
+def test_error_records_go_to_the_errors_file_not_the_output(tmp_path):
+    units = [range(0, 3)]
+    write_part(
+        tmp_path,
+        0,
+        [
+            {"row": 0, "id": "a", "value": 1},
+            {"row": 1, "id": "b", "error": "bad"},
+            {"row": 2, "id": "c", "value": 3},
+        ],
+    )
+    summary = merge_parts(tmp_path, units, tmp_path / "out.jsonl", "jsonl")
+    assert (summary.written, summary.errors) == (2, 1)
+    assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [
+        "a",
+        "c",
+    ]
+    assert json.loads(summary.errors_path.read_text()) == {"row": 1, "id": "b", "error": "bad"}

@@ -18,6 +18,7 @@ INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet")
 SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit")
+ON_ERROR = ("fail", "skip")
 POOLINGS = ("mean", "cls")
 
 
@@ -59,9 +60,13 @@ class DataConfig:
     """Column or JSON key holding each input's id. Unset: the 0-based row index."""
     unit_size: int | None = None
     """Rows per work unit (assigned to one rank, written as one part). Unset: from the row count."""
+    on_error: str = "fail"
+    """A bad input record: fail (stop, naming file and line) | skip (record it in the run
+    directory's errors.jsonl and go on)."""
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, INPUT_FORMATS)
+        _check_choice("data.on_error", self.on_error, ON_ERROR)
         _check_positive("data.unit_size", self.unit_size)
 
 
@@ -91,9 +96,21 @@ class RunConfig:
     """Explicit run directory; overrides run.root and run.name."""
     timeout_s: float = 1800.0
     """How long any rank waits on the others in a collective before giving up."""
+    fresh: bool = False
+    """Discard the finished work in the run directory and start over (else a re-run resumes)."""
+    heartbeat_s: float = 5.0
+    """How often each rank tells the others it is alive."""
+    dead_after_s: float = 60.0
+    """A rank silent this long is taken as dead: the others stop and report it."""
 
     def __post_init__(self) -> None:
         _check_positive("run.timeout_s", self.timeout_s)
+        _check_positive("run.heartbeat_s", self.heartbeat_s)
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"run.dead_after_s={self.dead_after_s} must be at least twice "
+                f"run.heartbeat_s={self.heartbeat_s}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -106,6 +123,13 @@ class FaultConfig:
     """raise (an exception) | exit (os._exit(1), no clean-up)."""
     at_unit: int = 0
     """Fail before this rank's at_unit-th work unit (0: before the first)."""
+    attempt: int | None = 0
+    """Fail only on this attempt (torchrun's restart count; SLURM's requeue count). Unset: on
+    every attempt."""
+    oom_above: int | None = None
+    """On every rank, a batch of more than this many inputs raises torch.OutOfMemoryError."""
+    delay_s: float = 0.0
+    """On every rank, sleep this long before each batch (to make a run slow enough to stop)."""
 
     def __post_init__(self) -> None:
         _check_choice("fault.kind", self.kind, FAULT_KINDS)

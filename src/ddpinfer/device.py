@@ -9,7 +9,7 @@ import torch
 from ddpinfer.launch_env import LaunchEnv
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ValueError):
     """The requested device cannot be provided to this process."""
 
 

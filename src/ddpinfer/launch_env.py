@@ -23,7 +23,7 @@ from ddpinfer.nodelist import expand_tasks_per_node, first_host
 PORT_BASE, PORT_SPAN = 20000, 20000
 
 
-class LaunchError(RuntimeError):
+class LaunchError(ValueError):
     """The launcher's variables are missing, inconsistent or describe an unsupported set-up."""
 
 
@@ -39,6 +39,9 @@ class LaunchEnv:
     init_method: str | None = None
     """How the process group finds its peers: 'env://' under torchrun, 'tcp://host:port' under
     srun, None for a single process."""
+    store_addr: str | None = None
+    store_port: int | None = None
+    """The rendezvous key-value store (the one the process group uses), for heartbeats."""
     job_id: str | None = None
     """The scheduler's job id, when there is one."""
     restart_count: int = 0
@@ -107,6 +110,8 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
             local_world_size=_int(environ, "LOCAL_WORLD_SIZE", 1),
             node_rank=_int(environ, "GROUP_RANK", 0),
             init_method="env://",
+            store_addr=environ.get("MASTER_ADDR"),
+            store_port=_int(environ, "MASTER_PORT", 0) or None,
             job_id=environ.get("SLURM_JOB_ID"),
             restart_count=_int(environ, "TORCHELASTIC_RESTART_COUNT", 0),
         )
@@ -145,6 +150,8 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             local_world_size=_srun_tasks_on_this_node(environ),
             node_rank=_int(environ, "SLURM_NODEID", 0),
             init_method=f"tcp://{addr}:{port}",
+            store_addr=addr,
+            store_port=port,
             job_id=job_id,
             restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
         )

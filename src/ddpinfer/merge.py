@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.atomic import atomic_path
+from ddpinfer.atomic import atomic_path, atomic_text
 from ddpinfer.parts import finished_units, part_path, read_part
 
 
-class MergeError(RuntimeError):
+class MergeError(ValueError):
     """The parts do not cover every input exactly once."""
 
 
@@ -37,9 +38,12 @@ def _checked_records(run_dir: Path, units: list[range]) -> Iterator[list[dict[st
         raise MergeError(f"{len(missing)} work unit(s) have no results: {shown}{more}.")
     for i, unit in enumerate(units):
         records = list(read_part(part_path(run_dir, i)))
-        rows = [r.pop("row") for r in records]
+        rows = [r["row"] for r in records]
         if rows != list(unit):
             raise MergeError(_describe_mismatch(part_path(run_dir, i), unit, rows, records))
+        for record in records:
+            if "error" not in record:
+                del record["row"]
         yield records
 
 
@@ -58,19 +62,40 @@ def _describe_mismatch(path: Path, unit: range, rows: list[int], records: list[d
     )
 
 
-def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> int:
-    """Write ``output`` atomically from the parts; returns the number of records written."""
-    written = 0
-    with atomic_path(output) as tmp:
+@dataclass(frozen=True)
+class MergeSummary:
+    written: int
+    errors: int
+    errors_path: Path
+
+
+def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> MergeSummary:
+    """Write ``output`` atomically from the parts, and the inputs that could not be run to
+    ``<run dir>/errors.jsonl`` (id, row and reason), also atomically."""
+    errors_path = run_dir / "errors.jsonl"
+    counts = {"written": 0, "errors": 0}
+    with atomic_text(errors_path) as errors_file, atomic_path(output) as tmp:
+
+        def results() -> Iterator[list[dict[str, Any]]]:
+            for records in _checked_records(run_dir, units):
+                good = []
+                for record in records:
+                    if "error" in record:
+                        errors_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        counts["errors"] += 1
+                    else:
+                        good.append(record)
+                counts["written"] += len(good)
+                yield good
+
         if fmt == "parquet":
-            written = _write_parquet(tmp, _checked_records(run_dir, units))
+            _write_parquet(tmp, results())
         else:
             with open(tmp, "w", encoding="utf-8") as f:
-                for records in _checked_records(run_dir, units):
+                for records in results():
                     for record in records:
                         f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    written += len(records)
-    return written
+    return MergeSummary(counts["written"], counts["errors"], errors_path)
 
 
 def _write_parquet(path: Path, chunks: Iterator[list[dict[str, Any]]]) -> int:
@@ -80,6 +105,8 @@ def _write_parquet(path: Path, chunks: Iterator[list[dict[str, Any]]]) -> int:
     writer, written = None, 0
     try:
         for records in chunks:
+            if not records:
+                continue
             table = pa.Table.from_pylist(records, schema=writer.schema if writer else None)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)

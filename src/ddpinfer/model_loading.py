@@ -12,7 +12,7 @@ from ddpinfer.config import ModelConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ValueError):
     """The model or tokenizer at model.path cannot be loaded."""
 
 
@@ -48,7 +48,7 @@ def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
             path, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}") from e
+        raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}{_hint(e)}") from e
 
 
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
@@ -59,9 +59,18 @@ def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.devic
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(
-            f"model.path={path}: cannot load it as {auto_class.__name__}: {e}"
+            f"model.path={path}: cannot load it as {auto_class.__name__}: {e}{_hint(e)}"
         ) from e
     return model.to(device).eval()
+
+
+def _hint(error: Exception) -> str:
+    if "trust_remote_code" in str(error):
+        return (
+            " HINT: this model ships its own code; if you trust it, add "
+            "model.trust_remote_code=true."
+        )
+    return ""
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

@@ -1,44 +1,42 @@
-"""One run, top to bottom: launch environment, device, process group, inputs, work units,
+"""One run, top to bottom: launch environment, device, process group, preflight, work units,
 inference, part files, and rank 0's merge into the final output."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ddpinfer import inputs, launch_env, work_units
-from ddpinfer.atomic import atomic_text
+from ddpinfer import faults, launch_env, work_units
 from ddpinfer.config import Config, to_config
-from ddpinfer.device import DeviceError, pin_device, resolve_device, set_cpu_threads
-from ddpinfer.faults import maybe_fail
-from ddpinfer.inference import group_by_unit, run_unit
+from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
+from ddpinfer.inference import UnitRunner
+from ddpinfer.inputs import read_rows
+from ddpinfer.liveness import Liveness
 from ddpinfer.logs import setup_logging
-from ddpinfer.merge import MergeError, merge_parts, output_format
-from ddpinfer.model_loading import ModelLoadError
+from ddpinfer.merge import merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
-from ddpinfer.parts import finished_units, write_part
+from ddpinfer.parts import write_part
+from ddpinfer.preflight import SAMPLE_DATA, Plan, agreed, preflight  # noqa: F401 (re-export)
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.run_dir import resolve_run_dir
+from ddpinfer.stopping import (
+    EXIT_PEER_FAILED,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    PeerFailed,
+    Preempted,
+    StopSignals,
+)
 from ddpinfer.tasks import build_task
 
 log = logging.getLogger("ddpinfer")
-
-SAMPLE_DATA = Path(__file__).parent / "sample_data" / "texts.jsonl"
-
-# Errors whose message tells the user what to fix; they are reported without a traceback.
-USER_ERRORS = (
-    ValueError,
-    launch_env.LaunchError,
-    DeviceError,
-    ModelLoadError,
-    MergeError,
-)
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,8 @@ class RunResult:
     run_dir: Path
     output: Path | None
     """The merged result file (rank 0 only)."""
-    rows_done: int
-    """Inputs this rank ran through the model in this invocation."""
+    units_done: list[int]
+    """Work units this rank ran in this invocation."""
 
 
 def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
@@ -56,80 +54,130 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
     setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
+    log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
     if device.type == "cpu":
-        threads = set_cpu_threads(cfg.cpu_threads, env.local_world_size)
-        log.debug("cpu threads per process: %d", threads)
-    spec = inputs.open_spec(
-        cfg.data.path or str(SAMPLE_DATA), cfg.data.format, cfg.data.text_field, cfg.data.id_field
-    )
+        set_cpu_threads(cfg.cpu_threads, env.local_world_size)
     output = Path(cfg.output.path).expanduser() if cfg.output.path else None
     fmt = output_format(output or Path("output.jsonl"), cfg.output.format)
     output = output or run_dir / f"output.{fmt}"
+    signals = StopSignals().install()
 
     group = ProcessGroup(env, device, cfg.run.timeout_s)
+    liveness = None
+    if env.is_distributed:
+        liveness = Liveness(env, cfg.run.heartbeat_s, cfg.run.dead_after_s).start()
     try:
         if env.is_main:
             log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
-            with atomic_text(run_dir / "config.yaml") as f:
-                f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        num_rows = inputs.count_rows(spec)
-        units = work_units.plan_units(num_rows, cfg.data.unit_size)
-        mine = work_units.assign(len(units), env.rank, env.world_size)
-        rows_done = _run_units(cfg, env.rank, device, run_dir, spec, units, mine)
-        group.barrier()
-        shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
-        collect_parts(group, run_dir, list(mine), shares)
-        if not env.is_main:
-            return RunResult(run_dir, None, rows_done)
-        written = merge_parts(run_dir, units, output, fmt)
-        log.info("wrote %d records to %s", written, output)
-        return RunResult(run_dir, output, rows_done)
+        plan = preflight(cfg, env, group, run_dir, output, fmt)
+        mine = [
+            plan.pending[i] for i in work_units.assign(len(plan.pending), env.rank, env.world_size)
+        ]
+        task = agreed(group, lambda: build_task(cfg, device) if mine else None)
+
+        def check_stop() -> None:
+            signals.check()
+            if liveness is not None:
+                liveness.check()
+
+        started = time.perf_counter()
+        done = _run_units(
+            cfg,
+            env,
+            run_dir,
+            plan,
+            mine,
+            UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None,
+        )
+        if liveness is not None:
+            liveness.wait_all_done()
+            liveness.stop()
+        collect_parts(
+            group, run_dir, done, ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+        )
+        if env.is_main:
+            _merge(run_dir, plan, started)
+    except BaseException as e:
+        if liveness is not None and not isinstance(e, PeerFailed):
+            kind = "preempted" if isinstance(e, Preempted) else "error"
+            liveness.post_failure(f"{type(e).__name__}: {e}", kind)
+        raise
     finally:
-        group.close()
+        if liveness is not None:
+            liveness.stop()
+    group.close()
+    return RunResult(run_dir, output if env.is_main else None, done)
 
 
 def _run_units(
-    cfg, env_rank: int, device, run_dir: Path, spec, units: list[range], mine: range
-) -> int:
-    done_before = finished_units(run_dir)
-    todo = [i for i in mine if i not in done_before]
-    log.info(
-        "%d input(s) in %d work unit(s); this rank has %d unit(s), %d to do",
-        units[-1].stop if units else 0,
-        len(units),
-        len(mine),
-        len(todo),
-    )
-    if not todo:
-        return 0
-    task = build_task(cfg, device)
-    rows = inputs.read_rows(spec, work_units.rows_of([units[i] for i in mine]))
-    start, done, started = time.perf_counter(), 0, 0
-    for unit_index, unit_rows in zip(mine, group_by_unit(rows, [units[i] for i in mine])):
-        if unit_index in done_before:
-            continue
-        maybe_fail(cfg.fault, env_rank, started)
-        started += 1
-        write_part(run_dir, unit_index, run_unit(task, unit_rows, cfg.batch_size))
-        done += len(unit_rows)
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        log.info("unit %d done (%d rows, %.1f rows/s on this rank)", unit_index, done, rate)
+    cfg: Config, env, run_dir: Path, plan: Plan, mine: list[int], runner: UnitRunner | None
+) -> list[int]:
+    """Run this rank's units in order, writing each one's part as soon as it is finished."""
+    log.info("this rank has %d work unit(s) to do", len(mine))
+    done: list[int] = []
+    if runner is None:
+        return done
+    units = [plan.units[i] for i in mine]
+    rows = read_rows(plan.spec, range(units[0].start, units[-1].stop))
+    start, count = time.perf_counter(), 0
+    for n, (unit, unit_rows) in enumerate(zip(mine, work_units.split_rows(rows, units))):
+        faults.before_unit(cfg.fault, env.rank, env.restart_count, n)
+        unit_rows = [_mark_bad(r, plan.bad_rows) for r in unit_rows]
+        write_part(run_dir, unit, runner.run(unit_rows))
+        done.append(unit)
+        count += len(unit_rows)
+        rate = count / max(time.perf_counter() - start, 1e-9)
+        log.info(
+            "unit %d done (%d/%d units, %.1f inputs/s on this rank)",
+            unit,
+            len(done),
+            len(mine),
+            rate,
+        )
     return done
 
 
+def _mark_bad(row, bad_rows: dict[int, str]):
+    reason = bad_rows.get(row.index)
+    return row if reason is None or row.error else type(row)(row.index, row.id, "", reason)
+
+
+def _merge(run_dir: Path, plan: Plan, started: float) -> None:
+    summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
+    log.info(
+        "done: %d input(s), %d written to %s, %d error(s)%s; %.1fs",
+        plan.units[-1].stop,
+        summary.written,
+        plan.output,
+        summary.errors,
+        f" recorded in {summary.errors_path}" if summary.errors else "",
+        time.perf_counter() - started,
+    )
+
+
 def main(cfg: DictConfig) -> None:
-    """Validate and run Hydra's composed config; errors a user can fix become one clear line
-    naming the rank, and exit code 2, instead of a traceback."""
+    """Validate and run Hydra's composed config. Errors a user can fix become one clear line
+    naming the rank; each way of stopping early has its own exit code (see ``stopping``)."""
     try:
         run(to_config(cfg))
-    except USER_ERRORS as e:
+    except ValueError as e:  # bad input or configuration
         report_error(e)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except Preempted as e:
+        report_error(f"{e}; finished work is kept: run the same command again to resume")
+        sys.exit(EXIT_PREEMPTED)
+    except PeerFailed as e:
+        report_error(f"stopping because {e}; finished work is kept for a re-run")
+        sys.exit(EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED)
 
 
-def report_error(error: BaseException) -> None:
-    """One line on stderr naming the rank, and the same line in the rank's log file if any."""
-    message = f"error on rank {launch_env.detect().rank}: {error}"
+def report_error(error: BaseException | str) -> None:
+    """One line on stderr naming the rank, and the same line in the rank's log file."""
+    try:
+        rank = launch_env.detect().rank
+    except ValueError:
+        rank = "?"
+    message = f"error on rank {rank}: {error}"
     print(f"ddpinfer: {message}", file=sys.stderr, flush=True)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

@@ -9,6 +9,10 @@ size, so finished units stay valid when a run resumes with a different number of
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def auto_unit_size(num_rows: int) -> int:
@@ -27,6 +31,18 @@ def assign(num_items: int, rank: int, world_size: int) -> range:
     base, extra = divmod(num_items, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+def split_rows(rows: Iterable[T], units: list[range]) -> Iterator[list[T]]:
+    """Cut a stream of rows ``units[0].start, ...`` into the given ascending units, dropping
+    rows that fall between them (units finished earlier, or another rank's)."""
+    it = iter(rows)
+    position = units[0].start if units else 0
+    for unit in units:
+        for _ in range(unit.start - position):
+            next(it)
+        yield [next(it) for _ in unit]
+        position = unit.stop
 
 
 def rows_of(units: list[range]) -> range:

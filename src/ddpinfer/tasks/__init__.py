@@ -6,6 +6,7 @@ import importlib
 
 import torch
 
+from ddpinfer import model_loading
 from ddpinfer.config import Config
 from ddpinfer.tasks.base import Task
 
@@ -16,7 +17,16 @@ TASK_MODULES = {
 }
 
 
+def model_path(cfg: Config) -> str:
+    """model.path, or the task's bundled default (embed: all-MiniLM-L6-v2)."""
+    if cfg.model.path:
+        return cfg.model.path
+    if cfg.task.name == "embed":
+        return model_loading.bundled_model_path()
+    raise ValueError(f"model.path is required for task={cfg.task.name} (no bundled default)")
+
+
 def build_task(cfg: Config, device: torch.device) -> Task:
     """Load the model and tokenizer for ``cfg.task`` onto ``device``."""
     module = importlib.import_module(TASK_MODULES[cfg.task.name])
-    return module.build(cfg, device)
+    return module.build(cfg, model_path(cfg), device)

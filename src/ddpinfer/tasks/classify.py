@@ -39,12 +39,7 @@ class ClassifyTask(Task):
         return records
 
 
-def build(cfg: Config, device: torch.device) -> ClassifyTask:
-    if not cfg.model.path:
-        raise ValueError("model.path is required for task=classify (there is no bundled default)")
-    model_loading.check_model_path(cfg.model.path)
-    tokenizer = model_loading.load_tokenizer(cfg.model, cfg.model.path)
-    model = model_loading.load_model(
-        AutoModelForSequenceClassification, cfg.model, cfg.model.path, device
-    )
+def build(cfg: Config, path: str, device: torch.device) -> ClassifyTask:
+    tokenizer = model_loading.load_tokenizer(cfg.model, path)
+    model = model_loading.load_model(AutoModelForSequenceClassification, cfg.model, path, device)
     return ClassifyTask(tokenizer, model, model_loading.max_length(cfg.model, tokenizer), cfg.task)

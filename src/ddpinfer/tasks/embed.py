@@ -46,9 +46,7 @@ def sentence_transformers_max_length(path: str) -> int | None:
     return None
 
 
-def build(cfg: Config, device: torch.device) -> EmbedTask:
-    path = cfg.model.path or model_loading.bundled_model_path()
-    model_loading.check_model_path(path)
+def build(cfg: Config, path: str, device: torch.device) -> EmbedTask:
     tokenizer = model_loading.load_tokenizer(cfg.model, path)
     model = model_loading.load_model(AutoModel, cfg.model, path, device)
     limit = model_loading.max_length(cfg.model, tokenizer, sentence_transformers_max_length(path))

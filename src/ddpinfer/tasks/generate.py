@@ -92,13 +92,10 @@ class GenerateTask(Task):
         return [{"generated_text": t} for t in texts_out]
 
 
-def build(cfg: Config, device: torch.device) -> GenerateTask:
-    if not cfg.model.path:
-        raise ValueError("model.path is required for task=generate (there is no bundled default)")
-    model_loading.check_model_path(cfg.model.path)
-    tokenizer = model_loading.load_tokenizer(cfg.model, cfg.model.path, padding_side="left")
+def build(cfg: Config, path: str, device: torch.device) -> GenerateTask:
+    tokenizer = model_loading.load_tokenizer(cfg.model, path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = model_loading.load_model(AutoModelForCausalLM, cfg.model, cfg.model.path, device)
+    model = model_loading.load_model(AutoModelForCausalLM, cfg.model, path, device)
     limit = model_loading.max_length(cfg.model, tokenizer)
     return GenerateTask(tokenizer, model, limit, cfg.task, cfg.seed)
