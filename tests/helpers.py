@@ -91,3 +91,45 @@ def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             cmd, cwd=cwd, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT
         )
+
+
+def start_ranks(args: list[str], world_size: int, cwd: Path) -> list[subprocess.Popen]:
+    """Start ``world_size`` ranks as plain processes with torchrun's variables but no torchrun
+    agent: nothing outside ddpinfer notices a dead rank, so this tests ddpinfer's own liveness."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = subprocess_env()
+        env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        with open(cwd / f"rank{rank}.out", "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(LAUNCHER), *args],
+                    cwd=cwd,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
+    return [p.wait(timeout=timeout) for p in procs]
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(interval)

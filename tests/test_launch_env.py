@@ -12,7 +12,6 @@ def test_plain_python_is_a_world_of_one():
         True,
         False,
     )
-    assert env.init_method is None
 
 
 def test_torchrun_variables():
@@ -30,7 +29,8 @@ def test_torchrun_variables():
     )
     assert env.launcher == "torchrun"
     assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (5, 1, 8, 4)
-    assert (env.node_rank, env.restart_count, env.init_method) == (1, 2, "env://")
+    assert (env.node_rank, env.restart_count) == (1, 2)
+    assert (env.store_addr, env.store_port, env.store_hosted_by_agent) == ("h", 1, False)
     assert not env.is_main and env.is_distributed
 
 
@@ -83,14 +83,14 @@ def test_srun_task_is_a_rank():
     assert env.launcher == "slurm"
     assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (3, 1, 4, 2)
     assert env.node_rank == 1 and env.job_id == "4242"
-    assert env.init_method == "tcp://gpu07:24242"
+    assert (env.store_addr, env.store_port) == ("gpu07", 24242)
 
 
 def test_port_follows_the_job_id_and_explicit_master_wins():
     other = detect({**SRUN, "SLURM_JOB_ID": "4243"})
-    assert other.init_method == "tcp://gpu07:24243"
+    assert other.store_port == 24243
     env = detect({**SRUN, "MASTER_ADDR": "head", "MASTER_PORT": "1234"})
-    assert env.init_method == "tcp://head:1234"
+    assert (env.store_addr, env.store_port) == ("head", 1234)
 
 
 def test_the_batch_script_itself_is_not_a_rank():

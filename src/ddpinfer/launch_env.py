@@ -36,12 +36,12 @@ class LaunchEnv:
     world_size: int = 1
     local_world_size: int = 1
     node_rank: int = 0
-    init_method: str | None = None
-    """How the process group finds its peers: 'env://' under torchrun, 'tcp://host:port' under
-    srun, None for a single process."""
     store_addr: str | None = None
     store_port: int | None = None
-    """The rendezvous key-value store (the one the process group uses), for heartbeats."""
+    """Where the rendezvous key-value store is (MASTER_ADDR/MASTER_PORT under torchrun; the
+    first host and a job-derived port under srun). The process group and heartbeats use it."""
+    store_hosted_by_agent: bool = False
+    """torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE); else rank 0 does."""
     job_id: str | None = None
     """The scheduler's job id, when there is one."""
     restart_count: int = 0
@@ -109,9 +109,9 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
             world_size=_int(environ, "WORLD_SIZE"),
             local_world_size=_int(environ, "LOCAL_WORLD_SIZE", 1),
             node_rank=_int(environ, "GROUP_RANK", 0),
-            init_method="env://",
-            store_addr=environ.get("MASTER_ADDR"),
-            store_port=_int(environ, "MASTER_PORT", 0) or None,
+            store_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+            store_port=_int(environ, "MASTER_PORT", 29500),
+            store_hosted_by_agent=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
             job_id=environ.get("SLURM_JOB_ID"),
             restart_count=_int(environ, "TORCHELASTIC_RESTART_COUNT", 0),
         )
@@ -149,7 +149,6 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             world_size=world_size,
             local_world_size=_srun_tasks_on_this_node(environ),
             node_rank=_int(environ, "SLURM_NODEID", 0),
-            init_method=f"tcp://{addr}:{port}",
             store_addr=addr,
             store_port=port,
             job_id=job_id,

@@ -17,10 +17,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import torch.distributed as dist
 
 from ddpinfer.launch_env import LaunchEnv
+from ddpinfer.process_group import connect_store
 from ddpinfer.stopping import EXIT_PEER_FAILED, EXIT_PREEMPTED, PeerFailed
 
 log = logging.getLogger(__name__)
@@ -42,15 +44,8 @@ class Liveness:
         self._thread = threading.Thread(target=self._watch, name="ddpinfer-liveness", daemon=True)
 
     def _connect(self) -> dist.Store:
-        store = dist.TCPStore(
-            self.env.store_addr,
-            self.env.store_port,
-            is_master=False,
-            timeout=datetime.timedelta(seconds=max(30.0, self.dead_after_s)),
-            wait_for_workers=False,
-        )
-        # Keys of an earlier attempt (torchrun's store outlives a worker-group restart) stay apart.
-        return dist.PrefixStore(f"ddpinfer/attempt{self.env.restart_count}/", store)
+        timeout = datetime.timedelta(seconds=max(30.0, self.dead_after_s))
+        return connect_store(self.env, timeout, "liveness")
 
     def start(self) -> Liveness:
         self._store.add(f"hb/{self.env.rank}", 1)
@@ -79,12 +74,13 @@ class Liveness:
         if self.failure is not None:
             raise PeerFailed(self.failure, preempted=self.failure_kind == "preempted")
 
-    def wait_all_done(self) -> None:
-        """Block until every rank has finished its work; raise PeerFailed if one fails first."""
+    def wait_all_done(self, check_stop: Callable[[], None]) -> None:
+        """Block until every rank has finished its work; ``check_stop`` raises to stop waiting
+        (a stop signal, or a peer's failure)."""
         if self._store.add("done", 1) == self.env.world_size:
             self._store.set("all_done", "1")
         while not self._store.check(["all_done"]):
-            self.check()
+            check_stop()
             time.sleep(0.2)
 
     # -- watching --------------------------------------------------------------------------

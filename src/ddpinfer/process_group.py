@@ -17,6 +17,22 @@ from ddpinfer.launch_env import LaunchEnv
 log = logging.getLogger(__name__)
 
 
+def connect_store(env: LaunchEnv, timeout: datetime.timedelta, purpose: str) -> dist.Store:
+    """A client of the rendezvous store (rank 0 hosts it unless torchrun's agent does), with
+    keys under this attempt's own prefix: torchrun's store outlives a restarted worker group,
+    and keys left by the group before (gloo's peer addresses, say) must not be read as new."""
+    host = env.rank == 0 and not env.store_hosted_by_agent and purpose == "pg"
+    store = dist.TCPStore(
+        env.store_addr,
+        env.store_port,
+        world_size=env.world_size if host else None,
+        is_master=host,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    return dist.PrefixStore(f"ddpinfer/attempt{env.restart_count}/{purpose}/", store)
+
+
 class ProcessGroup:
     """The world's process group plus a gloo group for control traffic (gloo works on CPU
     tensors and supports ``monitored_barrier``, which names the ranks that did not arrive)."""
@@ -30,7 +46,7 @@ class ProcessGroup:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend,
-            init_method=env.init_method,
+            store=connect_store(env, self.timeout, "pg"),
             rank=env.rank,
             world_size=env.world_size,
             timeout=self.timeout,

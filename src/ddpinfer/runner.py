@@ -90,7 +90,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
             UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None,
         )
         if liveness is not None:
-            liveness.wait_all_done()
+            liveness.wait_all_done(check_stop)
             liveness.stop()
         collect_parts(
             group, run_dir, done, ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)

@@ -1,0 +1,158 @@
+"""Nothing lost, nothing hangs: dead and failing ranks, stop signals, elastic restarts, resume
+with another world size, OOM. Real processes on CPU."""
+
+import signal
+import sys
+import time
+
+import pytest
+from helpers import (
+    LAUNCHER,
+    TEXTS,
+    check,
+    launch,
+    read_jsonl,
+    start,
+    start_ranks,
+    wait_all,
+    wait_for,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+N = 48
+FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
+
+
+@pytest.fixture
+def job(tmp_path, bert_embedder):
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(N)]
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    # 12 units of 4; batches of 2; a pause per batch so that runs can be interrupted mid-way.
+    args = [
+        f"model.path={bert_embedder}",
+        "data.path=in.jsonl",
+        "data.id_field=uid",
+        "data.unit_size=4",
+        "batch_size=2",
+        "output.path=out.jsonl",
+        "run.name=job",
+    ]
+    return tmp_path, args
+
+
+def parts(tmp_path):
+    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.jsonl"))
+
+
+def assert_complete(tmp_path):
+    ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert ids == [f"doc-{i}" for i in range(N)]  # every input once, in order
+
+
+def rank_logs(tmp_path, world_size):
+    return "\n".join((tmp_path / f"rank{r}.out").read_text() for r in range(world_size))
+
+
+def test_kill_9_of_a_rank_stops_the_others_then_a_smaller_world_resumes(job):
+    tmp_path, args = job
+    procs = start_ranks([*args, *FAST_LIVENESS, "fault.delay_s=0.3"], 3, tmp_path)
+    wait_for(lambda: len(parts(tmp_path)) >= 3)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    codes = wait_all(procs, timeout=120)
+    assert time.monotonic() - killed_at < 30  # bounded: dead_after_s plus a little
+    logs = rank_logs(tmp_path, 3)
+    assert codes[1] == -signal.SIGKILL and codes[0] == codes[2] == 3, logs
+    assert "rank 1 stopped responding" in logs
+    assert not (tmp_path / "out.jsonl").exists()
+    kept = len(parts(tmp_path))
+    assert 0 < kept < 12
+
+    result = check(launch(args, nproc=2, cwd=tmp_path))  # another world size
+    assert f"{12 - kept} to do" in result.stderr and "resuming" in result.stderr
+    assert_complete(tmp_path)
+
+
+def test_a_raising_rank_is_named_and_the_job_fails_in_bounded_time(job):
+    tmp_path, args = job
+    began = time.monotonic()
+    procs = start_ranks(
+        [*args, *FAST_LIVENESS, "fault.rank=2", "fault.at_unit=1", "fault.delay_s=0.3"], 3, tmp_path
+    )
+    codes = wait_all(procs, timeout=120)
+    logs = rank_logs(tmp_path, 3)
+    assert codes[2] == 1 and codes[0] == codes[1] == 3, logs
+    assert "rank 2 failed: InjectedFault: injected fault on rank 2" in logs
+    assert time.monotonic() - began < 90
+    assert parts(tmp_path)  # finished work stays on disk
+
+
+def test_sigterm_stops_with_its_own_exit_code_and_keeps_finished_work(job):
+    tmp_path, args = job
+    procs = start_ranks([*args, *FAST_LIVENESS, "fault.delay_s=0.3"], 2, tmp_path)
+    wait_for(lambda: len(parts(tmp_path)) >= 2)
+    for p in procs:  # as SLURM signals every task of a job
+        p.send_signal(signal.SIGTERM)
+    codes = wait_all(procs, timeout=60)
+    assert codes == [75, 75], rank_logs(tmp_path, 2)
+    assert "run the same command again to resume" in rank_logs(tmp_path, 2)
+    kept = len(parts(tmp_path))
+    assert 0 < kept < 12
+
+    result = check(launch(args, cwd=tmp_path))
+    assert "resuming" in result.stderr
+    assert_complete(tmp_path)
+
+
+def test_torchrun_max_restarts_resumes_the_restarted_group(job):
+    tmp_path, args = job
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        str(LAUNCHER),
+        *args,
+        "fault.rank=1",
+        "fault.kind=exit",
+        "fault.at_unit=2",
+        "fault.attempt=0",
+    ]
+    proc = start(cmd, tmp_path, tmp_path / "torchrun.log")
+    assert proc.wait(timeout=300) == 0, (tmp_path / "torchrun.log").read_text()
+    log = (tmp_path / "torchrun.log").read_text()
+    assert "injected exit on rank 1" in log and "resuming" in log
+    assert_complete(tmp_path)
+
+
+def test_a_preflight_error_stops_every_rank_at_once(job):
+    tmp_path, args = job
+    began = time.monotonic()
+    result = launch([*args, "model.path=./no/such/model"], nproc=2, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "model.path=./no/such/model: no such directory" in result.stderr
+    assert time.monotonic() - began < 120
+
+
+def test_resume_is_refused_for_other_inputs_unless_fresh(job):
+    tmp_path, args = job
+    check(launch(args, cwd=tmp_path))
+    first = (tmp_path / "out.jsonl").read_text()
+    write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
+    result = launch(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "holds finished work from a different run (inputs.digest" in result.stderr
+    assert "run.fresh=true" in result.stderr
+    assert (tmp_path / "out.jsonl").read_text() == first  # the finished output is untouched
+    check(launch([*args, "run.fresh=true"], cwd=tmp_path))
+    assert (tmp_path / "out.jsonl").read_text() != first
+    assert_complete(tmp_path)
+    # Same command again: everything is done already; the output is written again unchanged.
+    again = (tmp_path / "out.jsonl").read_text()
+    result = check(launch(args, cwd=tmp_path))
+    assert "12 of 12 work unit(s) already done" in result.stderr
+    assert (tmp_path / "out.jsonl").read_text() == again
