@@ -133,3 +133,16 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         time.sleep(interval)
+
+
+def run_in_process(overrides: list[str]):
+    """Compose the config as the entry point does and run it in this process (a world of one)."""
+    from hydra import compose, initialize_config_dir
+
+    from ddpinfer.config import register_configs, to_config
+    from ddpinfer.runner import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=overrides))
+    return run(cfg, environ={})
