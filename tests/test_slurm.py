@@ -168,3 +168,75 @@ def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
     assert state == "FAILED" and code != "0:0", log
     assert "injected fault on rank 2" in log
     assert not (work / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "script, options",
+    [
+        ("infer.sbatch", ["--cpus-per-task=2"]),
+        ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
+    ],
+)
+def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, script, options):
+    """SLURM's warning before the time limit (SIGUSR1 to the batch script, as
+    `--signal=B:USR1@120` sends it) stops the ranks, keeps their work and requeues the job; the
+    requeued job (same id, same run directory) resumes and completes."""
+    root, common, reference = job_inputs
+    work = root / f"requeue-{script}"
+    work.mkdir()
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--chdir={work}",
+        f"--output={work}/slurm-%j.out",
+        *TWO_NODES,
+        *options,
+        str(REPO / "slurm" / script),
+        *common,
+        "output.path=out.jsonl",
+        "data.unit_size=1",
+        "batch_size=1",
+        "fault.delay_s=0.5",
+    ]
+    job = subprocess.run(
+        cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    parts = lambda: list(work.glob("runs/*/parts/unit-*.jsonl"))  # noqa: E731
+
+    def job_field(name: str) -> str:
+        info = subprocess.run(
+            ["scontrol", "show", "job", job], env=slurm_env, capture_output=True, text=True
+        ).stdout
+        return re.search(rf"{name}=(\S+)", info).group(1)
+
+    wait_until(lambda: len(parts()) >= 2 or job_field("JobState") != "RUNNING" and parts())
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
+    wait_until(lambda: job_field("Restarts") == "1")
+    kept = len(parts())
+    # A requeued job waits for a begin time SLURM sets; the test skips that wait, once the old
+    # run is cleaned up on both nodes (else slurmd refuses the job: "credential revoked").
+    wait_until(lambda: job_field("JobState") == "PENDING" and nodes_idle(slurm_env))
+    time.sleep(1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
+    wait_until(lambda: job_field("JobState") in ("COMPLETED", "FAILED"), timeout=300)
+    log = (work / f"slurm-{job}.out").read_text()
+    assert job_field("JobState") == "COMPLETED", log
+    assert (
+        "SIGUSR1: stopping the ranks" in log and "stopped by SIGTERM; finished work is kept" in log
+    )
+    assert f"resuming: {kept} of {len(TEXTS)} work unit(s) already done" in log
+    assert [r["id"] for r in read_jsonl(work / "out.jsonl")] == [r["id"] for r in reference]
+
+
+def wait_until(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.25)
+
+
+def nodes_idle(env) -> bool:
+    states = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%t"], env=env, capture_output=True, text=True
+    ).stdout.split()
+    return bool(states) and all(state == "idle" for state in states)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,18 @@ class Preempted(RuntimeError):
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 ask the run to stop at the next batch boundary; a second signal
-    stops the process at once (finished units are on disk either way)."""
+    """SIGTERM and SIGUSR1 ask the run to stop at the next batch boundary; a second signal,
+    later, stops the process at once (finished units are on disk either way)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+    # A launcher often passes a signal on that the process also got directly (torchrun under
+    # SLURM): a repeat this soon is the same request, not an insistence.
+    REPEAT_WINDOW_S = 5.0
+
     def __init__(self) -> None:
         self.received: str | None = None
+        self._received_at = 0.0
 
     def install(self) -> StopSignals:
         for sig in self.SIGNALS:
@@ -47,8 +53,10 @@ class StopSignals:
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
-            os._exit(EXIT_PREEMPTED)
-        self.received = name
+            if time.monotonic() - self._received_at > self.REPEAT_WINDOW_S:
+                os._exit(EXIT_PREEMPTED)
+            return
+        self.received, self._received_at = name, time.monotonic()
         log.warning("%s received: stopping after the current batch; finished work is kept", name)
 
     def check(self) -> None:
