@@ -1,8 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpinfer.batching import length_sorted_batches
-from ddpinfer.work_units import assign, auto_unit_size, plan_units, rows_of
+from ddpinfer.batching import longest_first
+from ddpinfer.work_units import assign, auto_unit_size, plan_units, split_rows
 
 
 @given(
@@ -39,15 +39,16 @@ def test_fewer_units_than_ranks_leaves_ranks_idle():
     assert [len(assign(2, r, 4)) for r in range(4)] == [1, 1, 0, 0]
 
 
-def test_rows_of_consecutive_units():
-    assert rows_of([range(4, 8), range(8, 10)]) == range(4, 10)
-    assert rows_of([]) == range(0)
+def test_split_rows_skips_rows_between_units():
+    units = [range(2, 4), range(6, 9)]
+    assert list(split_rows(iter(range(2, 9)), units)) == [[2, 3], [6, 7, 8]]
+    assert list(split_rows(iter([]), [])) == []
 
 
-@given(lengths=st.lists(st.integers(1, 50), max_size=100), batch_size=st.integers(1, 16))
-def test_length_sorted_batches_cover_every_position_once(lengths, batch_size):
-    batches = length_sorted_batches(lengths, batch_size)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(len(lengths)))
-    assert all(len(b) <= batch_size for b in batches)
-    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+@given(lengths=st.lists(st.integers(1, 50), max_size=100))
+def test_longest_first_is_a_stable_permutation(lengths):
+    order = longest_first(lengths)
+    assert sorted(order) == list(range(len(lengths)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    for a, b in zip(order, order[1:]):  # equal lengths keep input order
+        assert lengths[a] > lengths[b] or a < b

@@ -12,8 +12,3 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
     The sort is stable, so equal lengths keep input order and the batching is deterministic.
     """
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = longest_first(lengths)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

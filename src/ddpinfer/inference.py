@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -121,10 +121,3 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def group_by_unit(rows: Iterable[Row], units: Sequence[range]) -> Iterator[list[Row]]:
-    """Cut a stream of consecutive rows into the given consecutive units."""
-    it = iter(rows)
-    for unit in units:
-        yield [next(it) for _ in unit]

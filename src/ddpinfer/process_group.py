@@ -34,8 +34,8 @@ def connect_store(env: LaunchEnv, timeout: datetime.timedelta, purpose: str) -> 
 
 
 class ProcessGroup:
-    """The world's process group plus a gloo group for control traffic (gloo works on CPU
-    tensors and supports ``monitored_barrier``, which names the ranks that did not arrive)."""
+    """The world's process group plus a gloo group for control traffic (small objects and
+    part files travel as CPU tensors, which NCCL cannot carry)."""
 
     def __init__(self, env: LaunchEnv, device: torch.device, timeout_s: float) -> None:
         self.env = env
@@ -75,11 +75,6 @@ class ProcessGroup:
         out: list[object] = [None] * self.env.world_size
         dist.all_gather_object(out, obj, group=self._control)
         return out
-
-    def barrier(self) -> None:
-        """Wait for every rank; after ``run.timeout_s`` fail, naming the ranks that never came."""
-        if self._control is not None:
-            dist.monitored_barrier(self._control, timeout=self.timeout, wait_all_ranks=True)
 
     def close(self) -> None:
         if dist.is_initialized():

@@ -161,23 +161,23 @@ def main(cfg: DictConfig) -> None:
     try:
         run(to_config(cfg))
     except ValueError as e:  # bad input or configuration
-        report_error(e)
+        report(f"error: {e}")
         sys.exit(EXIT_USER_ERROR)
     except Preempted as e:
-        report_error(f"{e}; finished work is kept: run the same command again to resume")
+        report(f"{e}; finished work is kept: run the same command again to resume")
         sys.exit(EXIT_PREEMPTED)
     except PeerFailed as e:
-        report_error(f"stopping because {e}; finished work is kept for a re-run")
+        report(f"stopping because {e}; finished work is kept for a re-run")
         sys.exit(EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED)
 
 
-def report_error(error: BaseException | str) -> None:
+def report(text: str) -> None:
     """One line on stderr naming the rank, and the same line in the rank's log file."""
     try:
         rank = launch_env.detect().rank
     except ValueError:
         rank = "?"
-    message = f"error on rank {rank}: {error}"
+    message = f"rank {rank}: {text}"
     print(f"ddpinfer: {message}", file=sys.stderr, flush=True)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

@@ -43,10 +43,3 @@ def split_rows(rows: Iterable[T], units: list[range]) -> Iterator[list[T]]:
             next(it)
         yield [next(it) for _ in unit]
         position = unit.stop
-
-
-def rows_of(units: list[range]) -> range:
-    """The contiguous row range covered by consecutive ``units``."""
-    if not units:
-        return range(0)
-    return range(units[0].start, units[-1].stop)
