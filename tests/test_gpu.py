@@ -58,3 +58,33 @@ def test_more_processes_than_gpus_is_a_clear_error(tmp_path, bert_embedder):
     result, _ = run(tmp_path, "toomany", bert_embedder, "embed", "device=cuda", nproc=n)
     assert result.returncode != 0
     assert "GPU(s) are visible" in result.stderr and f"--nproc_per_node={n - 1}" in result.stderr
+
+
+def test_real_cuda_oom_splits_batches_and_matches_cpu(tmp_path, bert_embedder):
+    """A real torch.OutOfMemoryError, not an injected one: cap this process's share of the
+    GPU, send one huge batch, and the run still finishes with the CPU's embeddings."""
+    from helpers import run_in_process
+
+    texts = [" ".join(["numbers like 12 and 345"] * 30) + f" {i}" for i in range(4096)]
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    common = [
+        f"model.path={bert_embedder}",
+        f"data.path={tmp_path / 'in.jsonl'}",
+        "model.max_length=128",
+        "batch_size=4096",
+        "data.unit_size=4096",
+        f"run.root={tmp_path / 'runs'}",
+        "model.dtype=float32",
+    ]
+    run_in_process([*common, "device=cpu", f"output.path={tmp_path / 'cpu.jsonl'}"])
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 400e6 / total))
+    try:
+        run_in_process([*common, "device=cuda", f"output.path={tmp_path / 'gpu.jsonl'}"])
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    log = next((tmp_path / "runs").glob("gpu-*/logs/rank0.log")).read_text()
+    assert "out of memory at batch size 4096" in log
+    a, b = read_jsonl(tmp_path / "cpu.jsonl"), read_jsonl(tmp_path / "gpu.jsonl")
+    assert len(b) == 4096
+    np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-4)

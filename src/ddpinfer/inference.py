@@ -78,34 +78,38 @@ class UnitRunner:
             return lengths
 
     def _run_batch(self, rows: Sequence[Row], batch: list[int], records: list) -> None:
+        # Retries happen after the except blocks, never inside them: a live exception keeps the
+        # failed forward pass's frames, and with them its GPU memory, alive.
+        failure: BaseException | None = None
         try:
             faults.before_batch(self.fault, len(batch))
             outputs = self.task([rows[i].text for i in batch], [rows[i].index for i in batch])
-        except torch.OutOfMemoryError as e:
-            _free_memory()
-            if len(batch) == 1:
-                records[batch[0]] = _error(rows[batch[0]], f"out of memory even alone: {e}")
-                return
-            if len(batch) <= self.batch_size:
-                self.batch_size = max(1, len(batch) // 2)
-                log.warning(
-                    "out of memory at batch size %d; going on with %d", len(batch), self.batch_size
-                )
-            self._split(rows, batch, records)
-            return
         except (PeerFailed, Preempted, KeyboardInterrupt):
             raise
         except Exception as e:
-            if len(batch) == 1:
-                records[batch[0]] = _error(rows[batch[0]], f"{type(e).__name__}: {e}")
-                log.warning(
-                    "row %d failed in the model: %s: %s", rows[batch[0]].index, type(e).__name__, e
-                )
-                return
-            self._split(rows, batch, records)
+            failure = e
+        if failure is None:
+            for i, output in zip(batch, outputs, strict=True):
+                records[i] = {"row": rows[i].index, "id": rows[i].id, **output}
             return
-        for i, output in zip(batch, outputs, strict=True):
-            records[i] = {"row": rows[i].index, "id": rows[i].id, **output}
+        out_of_memory = isinstance(failure, torch.OutOfMemoryError)
+        reason = f"{type(failure).__name__}: {failure}"
+        failure = None
+        if out_of_memory:
+            _free_memory()
+        if len(batch) == 1:
+            row = rows[batch[0]]
+            records[batch[0]] = _error(
+                row, ("out of memory even alone: " if out_of_memory else "") + reason
+            )
+            log.warning("row %d failed: %s", row.index, reason)
+            return
+        if out_of_memory and len(batch) <= self.batch_size:
+            self.batch_size = max(1, len(batch) // 2)
+            log.warning(
+                "out of memory at batch size %d; going on with %d", len(batch), self.batch_size
+            )
+        self._split(rows, batch, records)
 
     def _split(self, rows, batch: list[int], records: list) -> None:
         half = (len(batch) + 1) // 2
