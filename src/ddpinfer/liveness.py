@@ -23,9 +23,11 @@ import torch.distributed as dist
 
 from ddpinfer.launch_env import LaunchEnv
 from ddpinfer.process_group import connect_store
-from ddpinfer.stopping import EXIT_PEER_FAILED, EXIT_PREEMPTED, PeerFailed
+from ddpinfer.stopping import EXIT_PEER_FAILED, EXIT_PREEMPTED, PeerFailed, Preempted
 
 log = logging.getLogger(__name__)
+
+LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
 
 
 class Liveness:
@@ -77,11 +79,25 @@ class Liveness:
     def wait_all_done(self, check_stop: Callable[[], None]) -> None:
         """Block until every rank has finished its work; ``check_stop`` raises to stop waiting
         (a stop signal, or a peer's failure)."""
-        if self._store.add("done", 1) == self.env.world_size:
-            self._store.set("all_done", "1")
-        while not self._store.check(["all_done"]):
+        try:
+            if self._store.add("done", 1) == self.env.world_size:
+                self._store.set("all_done", "1")
+            while not self._store.check(["all_done"]):
+                check_stop()
+                time.sleep(0.2)
+        except (PeerFailed, Preempted):
+            raise
+        except Exception as e:  # the store went away with the rank or launcher hosting it
             check_stop()
-            time.sleep(0.2)
+            raise PeerFailed(
+                f"lost contact with the rendezvous store ({e}): {LOST_STORE}"
+            ) from None
+
+    def linger(self) -> None:
+        """On rank 0 when it hosts the store: stay a moment after a failure, so the other ranks
+        read the failure notice itself rather than finding the store gone."""
+        if self.env.is_main and not self.env.store_hosted_by_agent:
+            time.sleep(min(2 * self.heartbeat_s + 0.5, 15.0))
 
     # -- watching --------------------------------------------------------------------------
 
@@ -96,8 +112,7 @@ class Liveness:
                     self._check_heartbeats(last)
             except Exception as e:
                 self._fail(
-                    f"lost contact with the rendezvous store ({e}): rank 0 or the "
-                    "launcher has probably died",
+                    f"lost contact with the rendezvous store ({e}): {LOST_STORE}",
                     "error",
                 )
             if self.failure is not None and time.monotonic() - self._failed_at > self.grace_s:

@@ -77,5 +77,8 @@ class ProcessGroup:
         return out
 
     def close(self) -> None:
+        # No reference may outlive destroy_process_group: a process group destroyed only at
+        # interpreter exit can abort the process ("terminate called without an active exception").
+        self._control = None
         if dist.is_initialized():
             dist.destroy_process_group()

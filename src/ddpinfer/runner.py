@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,11 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         if env.is_main:
             _merge(run_dir, plan, started)
     except BaseException as e:
-        if liveness is not None and not isinstance(e, PeerFailed):
-            kind = "preempted" if isinstance(e, Preempted) else "error"
-            liveness.post_failure(f"{type(e).__name__}: {e}", kind)
+        if liveness is not None:
+            if not isinstance(e, PeerFailed):
+                kind = "preempted" if isinstance(e, Preempted) else "error"
+                liveness.post_failure(f"{type(e).__name__}: {e}", kind)
+            liveness.linger()
         raise
     finally:
         if liveness is not None:
@@ -160,15 +163,26 @@ def main(cfg: DictConfig) -> None:
     naming the rank; each way of stopping early has its own exit code (see ``stopping``)."""
     try:
         run(to_config(cfg))
+        return
     except ValueError as e:  # bad input or configuration
         report(f"error: {e}")
-        sys.exit(EXIT_USER_ERROR)
+        code = EXIT_USER_ERROR
     except Preempted as e:
         report(f"{e}; finished work is kept: run the same command again to resume")
-        sys.exit(EXIT_PREEMPTED)
+        code = EXIT_PREEMPTED
     except PeerFailed as e:
         report(f"stopping because {e}; finished work is kept for a re-run")
-        sys.exit(EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED)
+        code = EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED
+    except Exception as e:
+        traceback.print_exc()
+        report(f"unexpected error: {type(e).__name__}: {e}")
+        code = 1
+    # Leave without running destructors: a process group whose peers are gone can hang or abort
+    # in them, and the exit code must be the one chosen here. Finished work is already on disk.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def report(text: str) -> None:
