@@ -3,6 +3,7 @@ inference, part files, and rank 0's merge into the final output."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from ddpinfer import faults, launch_env, work_units
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.inference import UnitRunner
-from ddpinfer.inputs import read_rows
+from ddpinfer.inputs import Row, read_rows
 from ddpinfer.liveness import Liveness
 from ddpinfer.logs import setup_logging
 from ddpinfer.merge import merge_parts, output_format
@@ -58,46 +59,19 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
     if device.type == "cpu":
         set_cpu_threads(cfg.cpu_threads, env.local_world_size)
-    output = Path(cfg.output.path).expanduser() if cfg.output.path else None
-    fmt = output_format(output or Path("output.jsonl"), cfg.output.format)
-    output = output or run_dir / f"output.{fmt}"
     signals = StopSignals().install()
-
     group = ProcessGroup(env, device, cfg.run.timeout_s)
     liveness = None
     if env.is_distributed:
         liveness = Liveness(env, cfg.run.heartbeat_s, cfg.run.dead_after_s).start()
-    try:
-        if env.is_main:
-            log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
-        plan = preflight(cfg, env, group, run_dir, output, fmt)
-        mine = [
-            plan.pending[i] for i in work_units.assign(len(plan.pending), env.rank, env.world_size)
-        ]
-        task = agreed(group, lambda: build_task(cfg, device) if mine else None)
 
-        def check_stop() -> None:
-            signals.check()
-            if liveness is not None:
-                liveness.check()
-
-        started = time.perf_counter()
-        done = _run_units(
-            cfg,
-            env,
-            run_dir,
-            plan,
-            mine,
-            UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None,
-        )
+    def check_stop() -> None:
+        signals.check()
         if liveness is not None:
-            liveness.wait_all_done(check_stop)
-            liveness.stop()
-        collect_parts(
-            group, run_dir, done, ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
-        )
-        if env.is_main:
-            _merge(run_dir, plan, started)
+            liveness.check()
+
+    try:
+        result = _run(cfg, env, device, run_dir, group, liveness, check_stop)
     except BaseException as e:
         if liveness is not None:
             if not isinstance(e, PeerFailed):
@@ -109,6 +83,37 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         if liveness is not None:
             liveness.stop()
     group.close()
+    return result
+
+
+def _run(
+    cfg: Config,
+    env,
+    device,
+    run_dir: Path,
+    group: ProcessGroup,
+    liveness: Liveness | None,
+    check_stop,
+) -> RunResult:
+    output = Path(cfg.output.path).expanduser() if cfg.output.path else None
+    fmt = output_format(output or Path("output.jsonl"), cfg.output.format)
+    output = output or run_dir / f"output.{fmt}"
+    if env.is_main:
+        log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
+    plan = preflight(cfg, env, group, run_dir, output, fmt)
+    share = work_units.assign(len(plan.pending), env.rank, env.world_size)
+    mine = [plan.pending[i] for i in share]
+    task = agreed(group, lambda: build_task(cfg, device) if mine else None)
+    started = time.perf_counter()
+    runner = UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None
+    done = _run_units(cfg, env, run_dir, plan, mine, runner)
+    if liveness is not None:
+        liveness.wait_all_done(check_stop)
+        liveness.stop()  # from here on, ranks leave as they finish: no more heartbeats
+    shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+    collect_parts(group, run_dir, done, shares)
+    if env.is_main:
+        _merge(run_dir, plan, started)
     return RunResult(run_dir, output if env.is_main else None, done)
 
 
@@ -140,9 +145,9 @@ def _run_units(
     return done
 
 
-def _mark_bad(row, bad_rows: dict[int, str]):
+def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
     reason = bad_rows.get(row.index)
-    return row if reason is None or row.error else type(row)(row.index, row.id, "", reason)
+    return row if reason is None or row.error else dataclasses.replace(row, text="", error=reason)
 
 
 def _merge(run_dir: Path, plan: Plan, started: float) -> None:
@@ -163,7 +168,7 @@ def main(cfg: DictConfig) -> None:
     naming the rank; each way of stopping early has its own exit code (see ``stopping``)."""
     try:
         run(to_config(cfg))
-        return
+        code = 0
     except ValueError as e:  # bad input or configuration
         report(f"error: {e}")
         code = EXIT_USER_ERROR
@@ -177,8 +182,10 @@ def main(cfg: DictConfig) -> None:
         traceback.print_exc()
         report(f"unexpected error: {type(e).__name__}: {e}")
         code = 1
-    # Leave without running destructors: a process group whose peers are gone can hang or abort
-    # in them, and the exit code must be the one chosen here. Finished work is already on disk.
+    # Leave without running C++ destructors: torch.distributed's can abort the process at
+    # interpreter exit ("terminate called without an active exception", seen with gloo about
+    # once in twenty runs even after destroy_process_group) or hang when peers are gone, and the
+    # exit code must be the one chosen here. Every result and log is on disk by now.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
