@@ -20,6 +20,11 @@ SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/ddpinfer-slurm"))
 # The local nodes have 4 CPUs and 2 stand-in GPUs each: ask for that on the sbatch command line,
 # as a user adapts the scripts to a cluster, without editing them.
 TWO_NODES = ["--nodes=2", "--gpus-per-node=2"]
+# Both launch styles, two ranks per node: one torchrun with 2 workers, or 2 srun tasks.
+SCRIPTS = [
+    ("infer.sbatch", ["--cpus-per-task=2"]),
+    ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
+]
 
 
 def _cluster_up(env) -> bool:
@@ -119,13 +124,7 @@ def job_inputs(tmp_path_factory, bert_embedder):
     return root, common, read_jsonl(reference)
 
 
-@pytest.mark.parametrize(
-    "script, options",
-    [
-        ("infer.sbatch", ["--cpus-per-task=2"]),
-        ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
-    ],
-)
+@pytest.mark.parametrize("script, options", SCRIPTS)
 def test_two_nodes_two_ranks_each_equal_one_process(slurm_env, job_inputs, script, options):
     root, common, reference = job_inputs
     work = root / script
@@ -146,13 +145,7 @@ def test_two_nodes_two_ranks_each_equal_one_process(slurm_env, job_inputs, scrip
     ]
 
 
-@pytest.mark.parametrize(
-    "script, options",
-    [
-        ("infer.sbatch", ["--cpus-per-task=2"]),
-        ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
-    ],
-)
+@pytest.mark.parametrize("script, options", SCRIPTS)
 def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
     root, common, _ = job_inputs
     work = root / f"fail-{script}"
@@ -170,13 +163,7 @@ def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
     assert not (work / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize(
-    "script, options",
-    [
-        ("infer.sbatch", ["--cpus-per-task=2"]),
-        ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
-    ],
-)
+@pytest.mark.parametrize("script, options", SCRIPTS)
 def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, script, options):
     """SLURM's warning before the time limit (SIGUSR1 to the batch script, as
     `--signal=B:USR1@120` sends it) stops the ranks, keeps their work and requeues the job; the
