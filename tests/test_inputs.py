@@ -4,18 +4,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ddpinfer.inputs import InputError, count_rows, open_spec, read_rows
+from ddpinfer.inputs import InputError, open_spec, read_rows, scan
 
 
 def rows(spec, r=None):
-    return [(x.index, x.id, x.text) for x in read_rows(spec, r or range(count_rows(spec)))]
+    return [(x.index, x.id, x.text) for x in read_rows(spec, r)]
 
 
 def test_jsonl_skips_blank_lines_and_uses_row_index_as_id(tmp_path):
     p = tmp_path / "in.jsonl"
     p.write_text('{"text": "a"}\n\n{"text": "b", "other": 1}\n')
     spec = open_spec(str(p), "auto", "text", None)
-    assert count_rows(spec) == 2
+    assert scan(spec).num_rows == 2
     assert rows(spec) == [(0, 0, "a"), (1, 1, "b")]
 
 
@@ -41,7 +41,7 @@ def test_parquet_reads_only_the_asked_rows(tmp_path):
         row_group_size=1000,
     )
     spec = open_spec(str(p), "auto", "text", "n")
-    assert count_rows(spec) == 10000
+    assert scan(spec).num_rows == 10000
     assert rows(spec, range(4998, 5001)) == [
         (4998, 4998, "t4998"),
         (4999, 4999, "t4999"),

@@ -74,17 +74,6 @@ def open_spec(
     return InputSpec(p, detect_format(p, fmt), text_field, id_field, skip_bad)
 
 
-def count_rows(spec: InputSpec) -> int:
-    """Number of inputs, without parsing records where the format allows it."""
-    if spec.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(spec.path).metadata.num_rows
-    if spec.format == "csv":
-        return sum(1 for _ in _csv_records(spec))
-    return sum(1 for _ in _lines(spec.path))
-
-
 def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
     """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order."""
     rows = rows if rows is not None else range(2**62)
