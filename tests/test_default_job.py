@@ -6,7 +6,7 @@ import pytest
 from helpers import check, launch, read_jsonl
 
 from ddpinfer.model_loading import bundled_model_path
-from ddpinfer.runner import SAMPLE_DATA
+from ddpinfer.preflight import SAMPLE_DATA
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from ddpinfer.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration value that is declared in the schema but wrong."""
+
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
@@ -228,9 +235,12 @@ def to_config(cfg: DictConfig) -> Config:
         cfg = cfg.copy()
         with open_dict(cfg):
             del cfg["hydra"]
-    config = OmegaConf.to_object(cfg)
+    try:
+        config = OmegaConf.to_object(cfg)
+    except ValueError as e:  # raised by a schema's __post_init__, naming the key and value
+        raise ConfigError(str(e)) from None
     if not isinstance(config, Config):
         raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
     if not isinstance(config.task, TaskConfig):
-        raise ValueError("task must be chosen: task=embed|classify|generate")
+        raise ConfigError("task must be chosen: task=embed|classify|generate")
     return config

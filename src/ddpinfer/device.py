@@ -6,10 +6,11 @@ import os
 
 import torch
 
+from ddpinfer.errors import UserError
 from ddpinfer.launch_env import LaunchEnv
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError):
     """The requested device cannot be provided to this process."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
+from ddpinfer.errors import UserError
 from ddpinfer.inputs import InputSpec
 
 SAMPLE_BYTES = 1 << 20
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UserError):
     """The run directory holds work from a run with other inputs, model or settings."""
 
 

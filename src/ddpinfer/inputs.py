@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddpinfer.errors import UserError
+
 Id = str | int
 
 SUFFIX_FORMATS = {
@@ -31,7 +33,7 @@ SUFFIX_FORMATS = {
 SKIP_HINT = "HINT: fix the input, or set data.on_error=skip to record bad inputs and go on."
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """An input file or one of its records cannot be used; the message names file and line."""
 
 

@@ -17,13 +17,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ddpinfer.errors import UserError
 from ddpinfer.nodelist import expand_tasks_per_node, first_host
 
 # Ports 20000-39999: above most services' fixed ports and below Linux's ephemeral range.
 PORT_BASE, PORT_SPAN = 20000, 20000
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """The launcher's variables are missing, inconsistent or describe an unsupported set-up."""
 
 

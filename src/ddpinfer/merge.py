@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ddpinfer.atomic import atomic_path, atomic_text
+from ddpinfer.errors import UserError
 from ddpinfer.parts import finished_units, part_path, read_part
 
 
-class MergeError(ValueError):
+class MergeError(UserError):
     """The parts do not cover every input exactly once."""
 
 

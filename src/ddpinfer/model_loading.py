@@ -8,11 +8,12 @@ from typing import Any
 import torch
 
 from ddpinfer.config import ModelConfig
+from ddpinfer.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """The model or tokenizer at model.path cannot be loaded."""
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 
+from ddpinfer.errors import UserError
+
+
+class NodelistError(UserError):
+    """A SLURM host list or tasks-per-node spec that cannot be read."""
+
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets."""
@@ -45,14 +51,14 @@ def _expand_host(pattern: str) -> list[str]:
 def expand_nodelist(nodelist: str) -> list[str]:
     """``gpu[01-02,07],cpu3`` -> ``["gpu01", "gpu02", "gpu07", "cpu3"]``."""
     if nodelist.count("[") != nodelist.count("]"):
-        raise ValueError(f"unbalanced brackets in SLURM node list {nodelist!r}")
+        raise NodelistError(f"unbalanced brackets in SLURM node list {nodelist!r}")
     return [host for item in _split_top_level(nodelist.strip()) for host in _expand_host(item)]
 
 
 def first_host(nodelist: str) -> str:
     hosts = expand_nodelist(nodelist)
     if not hosts:
-        raise ValueError(f"empty SLURM node list {nodelist!r}")
+        raise NodelistError(f"empty SLURM node list {nodelist!r}")
     return hosts[0]
 
 
@@ -62,7 +68,7 @@ def expand_tasks_per_node(spec: str) -> list[int]:
     for part in spec.split(","):
         m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
         if not m:
-            raise ValueError(f"cannot read tasks per node {spec!r}")
+            raise NodelistError(f"cannot read tasks per node {spec!r}")
         counts.extend([int(m.group(1))] * int(m.group(2) or 1))
     return counts
 

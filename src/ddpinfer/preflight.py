@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from ddpinfer import fingerprint, inputs, work_units
 from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
+from ddpinfer.errors import UserError
 from ddpinfer.launch_env import LaunchEnv
 from ddpinfer.model_loading import check_model_path
 from ddpinfer.parts import finished_units, parts_dir
@@ -35,7 +36,7 @@ T = TypeVar("T")
 SAMPLE_DATA = Path(__file__).parent / "sample_data" / "texts.jsonl"
 
 
-class PeerError(ValueError):
+class PeerError(UserError):
     """Another rank found a problem in the set-up; that rank reports it."""
 
 
@@ -56,7 +57,7 @@ def agreed(group: ProcessGroup, step: Callable[[], T]) -> T:
     result, error = None, None
     try:
         result = step()
-    except ValueError as e:  # every user-facing error type here is a ValueError
+    except UserError as e:
         error = e
     reports = group.all_gather_object(None if error is None else str(error))
     if error is not None:
@@ -85,7 +86,7 @@ def _check_writable(folder: Path) -> None:
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"output folder {folder} is not writable ({e.strerror}). HINT: choose another "
             "output.path, or fix the folder's permissions."
         ) from None

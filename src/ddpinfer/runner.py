@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from ddpinfer import faults, launch_env, work_units
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
+from ddpinfer.errors import UserError
 from ddpinfer.inference import UnitRunner
 from ddpinfer.inputs import Row, read_rows
 from ddpinfer.liveness import Liveness
@@ -25,7 +26,7 @@ from ddpinfer.logs import setup_logging
 from ddpinfer.merge import merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
 from ddpinfer.parts import write_part
-from ddpinfer.preflight import SAMPLE_DATA, Plan, agreed, preflight  # noqa: F401 (re-export)
+from ddpinfer.preflight import Plan, agreed, preflight
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.run_dir import resolve_run_dir
 from ddpinfer.stopping import (
@@ -169,7 +170,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(to_config(cfg))
         code = 0
-    except ValueError as e:  # bad input or configuration
+    except UserError as e:  # bad input or configuration
         report(f"error: {e}")
         code = EXIT_USER_ERROR
     except Preempted as e:
@@ -196,7 +197,7 @@ def report(text: str) -> None:
     """One line on stderr naming the rank, and the same line in the rank's log file."""
     try:
         rank = launch_env.detect().rank
-    except ValueError:
+    except UserError:
         rank = "?"
     message = f"rank {rank}: {text}"
     print(f"ddpinfer: {message}", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ import torch
 
 from ddpinfer import model_loading
 from ddpinfer.config import Config
+from ddpinfer.errors import UserError
 from ddpinfer.tasks.base import Task
 
 TASK_MODULES = {
@@ -23,7 +24,7 @@ def model_path(cfg: Config) -> str:
         return cfg.model.path
     if cfg.task.name == "embed":
         return model_loading.bundled_model_path()
-    raise ValueError(f"model.path is required for task={cfg.task.name} (no bundled default)")
+    raise UserError(f"model.path is required for task={cfg.task.name} (no bundled default)")
 
 
 def build_task(cfg: Config, device: torch.device) -> Task:
