@@ -71,8 +71,12 @@ CASES = [(*c[:1], ".jsonl", *c[1:]) for c in JSONL_CASES] + [
     (*c[:1], ".csv", *c[1:]) for c in CSV_CASES
 ]
 
+each_case = pytest.mark.parametrize(
+    "name, suffix, bad, message, bad_id", CASES, ids=[c[0] for c in CASES]
+)
 
-@pytest.mark.parametrize("name, suffix, bad, message, bad_id", CASES, ids=[c[0] for c in CASES])
+
+@each_case
 def test_fail_names_file_line_and_problem_before_any_model_work(
     tmp_path, bert_embedder, name, suffix, bad, message, bad_id
 ):
@@ -84,7 +88,7 @@ def test_fail_names_file_line_and_problem_before_any_model_work(
     assert not list(tmp_path.glob("runs/*/parts/*"))  # stopped before any unit ran
 
 
-@pytest.mark.parametrize("name, suffix, bad, message, bad_id", CASES, ids=[c[0] for c in CASES])
+@each_case
 def test_skip_records_the_bad_input_and_goes_on(
     tmp_path, bert_embedder, name, suffix, bad, message, bad_id
 ):

@@ -10,15 +10,15 @@ from helpers import LAUNCHER, TEXTS, check, free_port, launch, read_jsonl, start
 pytestmark = pytest.mark.slow
 
 
-def test_two_nodes_without_a_shared_filesystem(tmp_path, bert_embedder):
+@pytest.fixture
+def base_args(tmp_path, bert_embedder) -> list[str]:
+    """The tiny embedder over TEXTS in 6 units of 2; each test adds what it is about."""
     write_jsonl(tmp_path / "in.jsonl", TEXTS)
-    common = [
-        f"model.path={bert_embedder}",
-        "data.path=in.jsonl",
-        "data.id_field=uid",
-        "data.unit_size=2",
-        "batch_size=4",
-    ]
+    return [f"model.path={bert_embedder}", "data.path=in.jsonl", "data.unit_size=2"]
+
+
+def test_two_nodes_without_a_shared_filesystem(tmp_path, base_args):
+    common = [*base_args, "data.id_field=uid", "batch_size=4"]
     single = tmp_path / "single.jsonl"
     check(launch([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path))
 
@@ -59,29 +59,15 @@ def test_two_nodes_without_a_shared_filesystem(tmp_path, bert_embedder):
     assert len(main_parts) == 6
 
 
-def test_forced_transfer_on_one_node(tmp_path, bert_embedder):
-    write_jsonl(tmp_path / "in.jsonl", TEXTS)
-    args = [
-        f"model.path={bert_embedder}",
-        "data.path=in.jsonl",
-        "data.unit_size=2",
-        "output.shared_fs=false",
-        "output.path=out.jsonl",
-    ]
+def test_forced_transfer_on_one_node(tmp_path, base_args):
+    args = [*base_args, "output.shared_fs=false", "output.path=out.jsonl"]
     result = check(launch(args, nproc=2, cwd=tmp_path))
     assert "receiving their parts" in result.stderr
     assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == list(range(len(TEXTS)))
 
 
-def test_a_failing_rank_fails_the_job(tmp_path, bert_embedder):
-    write_jsonl(tmp_path / "in.jsonl", TEXTS)
-    args = [
-        f"model.path={bert_embedder}",
-        "data.path=in.jsonl",
-        "data.unit_size=2",
-        "output.path=out.jsonl",
-        "fault.rank=1",
-    ]
+def test_a_failing_rank_fails_the_job(tmp_path, base_args):
+    args = [*base_args, "output.path=out.jsonl", "fault.rank=1"]
     result = launch(args, nproc=2, cwd=tmp_path)
     assert result.returncode != 0
     assert "injected fault on rank 1" in result.stderr + result.stdout

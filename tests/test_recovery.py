@@ -97,3 +97,28 @@ def test_model_needing_remote_code_says_how(tmp_path):
     tiny_models.bert_tokenizer().save_pretrained(model)  # a real tokenizer; custom model code
     with pytest.raises(ModelLoadError, match=r"HINT: .*model.trust_remote_code=true"):
         run_in_process(embed_args(tmp_path, model, "out.jsonl"))
+
+
+def test_cls_pooling_without_normalisation_is_the_first_token_state(tmp_path, bert_embedder):
+    """task.pooling=cls and task.normalize=false, against the model run directly."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    run_in_process(
+        [
+            *embed_args(tmp_path, bert_embedder, "cls.jsonl"),
+            "task.pooling=cls",
+            "task.normalize=false",
+        ]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(bert_embedder)
+    model = AutoModel.from_pretrained(bert_embedder).eval()
+    with torch.inference_mode():
+        expected = [
+            model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, 0].tolist()
+            for t in TEXTS
+        ]
+    got = [r["embedding"] for r in read_jsonl(tmp_path / "cls.jsonl")]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert abs(np.linalg.norm(got[0]) - 1) > 1e-3  # really not normalised
