@@ -1,14 +1,102 @@
-"""Order inputs so that batches hold similar lengths and dynamic padding wastes little."""
+"""Cut length-sorted inputs into batches by a token budget, and adapt the budget to memory.
+
+A batch costs its rows times its widest input: that is what the forward pass computes, padding
+included. Sorting longest first makes neighbours similar, so little of that is padding, and a
+batch that does not fit in memory fails at the start of a run, not hours in.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 def longest_first(lengths: Sequence[int]) -> list[int]:
-    """Positions into ``lengths``, longest input first.
-
-    Longest first makes a batch that does not fit in memory fail at the start, not hours in.
-    The sort is stable, so equal lengths keep input order and the batching is deterministic.
-    """
+    """Positions into ``lengths``, longest input first; stable, so ties keep input order."""
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_rows: int
+    max_tokens: int
+
+
+def plan_batches(costs: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Positions into ``costs``, longest first, cut greedily so that each batch has at most
+    ``max_rows`` rows and ``rows × widest <= max_tokens``. An input wider than the whole budget
+    gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in longest_first(costs):
+        if current and (
+            len(current) >= limits.max_rows or (len(current) + 1) * width > limits.max_tokens
+        ):
+            batches.append(current)
+            current = []
+        if not current:
+            width = costs[i]
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class TokenBudget:
+    """The padded-token budget per forward pass, by width class (powers of two).
+
+    An out-of-memory error lowers the budget of its width class and of every wider one (wider
+    inputs need at least as much memory per token), never of narrower ones; after
+    ``GROW_AFTER`` batches of a class fit, its budget grows back by a quarter, up to the limit.
+    """
+
+    GROW_AFTER = 16
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self._caps: dict[int, int] = {}
+        self._fitted: dict[int, int] = {}
+
+    @staticmethod
+    def _width_class(width: int) -> int:
+        return max(1, width).bit_length()
+
+    def max_rows(self, width: int) -> int:
+        """How many inputs of this width one batch may hold now."""
+        cap = self._caps.get(self._width_class(width), self.limits.max_tokens)
+        return max(1, min(self.limits.max_rows, cap // max(1, width)))
+
+    def out_of_memory(self, width: int, rows: int) -> int:
+        """Lower the budget after a batch of ``rows`` × ``width`` ran out of memory; returns
+        the rows a batch of this width may hold from now on."""
+        cap = max(width, rows * width // 2)
+        for klass in range(self._width_class(width), 64):
+            if self._caps.get(klass, self.limits.max_tokens) > cap:
+                self._caps[klass] = cap
+                self._fitted[klass] = 0
+        allowed = self.max_rows(width)
+        log.warning(
+            "out of memory at %d inputs × %d tokens; inputs of this width or wider now go at "
+            "most %d per batch",
+            rows,
+            width,
+            allowed,
+        )
+        return allowed
+
+    def fitted(self, width: int) -> None:
+        klass = self._width_class(width)
+        if klass not in self._caps:
+            return
+        self._fitted[klass] = self._fitted.get(klass, 0) + 1
+        if self._fitted[klass] >= self.GROW_AFTER:
+            self._fitted[klass] = 0
+            grown = self._caps[klass] + max(1, self._caps[klass] // 4)
+            if grown >= self.limits.max_tokens:
+                del self._caps[klass]
+            else:
+                self._caps[klass] = grown

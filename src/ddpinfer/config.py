@@ -22,7 +22,8 @@ class ConfigError(UserError):
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
-OUTPUT_FORMATS = ("auto", "jsonl", "parquet")
+OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit")
 ON_ERROR = ("fail", "skip")
@@ -49,9 +50,16 @@ class ModelConfig:
     """Inputs are truncated to this many tokens. Unset: the model's own limit."""
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run (needed by some architectures)."""
+    attn_implementation: str = "auto"
+    """auto (transformers' choice: sdpa where the model supports it) | sdpa | eager |
+    flash_attention_2 (needs the flash-attn package and a CUDA device)."""
+    compile: bool = False
+    """Wrap the model in torch.compile(dynamic=True). Pays off for large models on GPUs; for small
+    ones tokenization and Python dominate."""
 
     def __post_init__(self) -> None:
         _check_choice("model.dtype", self.dtype, DTYPES)
+        _check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _check_positive("model.max_length", self.max_length)
 
 
@@ -66,7 +74,8 @@ class DataConfig:
     id_field: str | None = None
     """Column or JSON key holding each input's id. Unset: the 0-based row index."""
     unit_size: int | None = None
-    """Rows per work unit (assigned to one rank, written as one part). Unset: from the row count."""
+    """Rows per work unit: the grain of claiming, resume and part files. Unset: from the row
+    count, 256 to 4096 (always a multiple of 256)."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""
@@ -82,7 +91,8 @@ class OutputConfig:
     path: str | None = None
     """Final result file. Unset: output.<format> inside the run directory."""
     format: str = "auto"
-    """auto (from the suffix of output.path, else jsonl) | jsonl | parquet."""
+    """auto (from the suffix of output.path, else jsonl) | jsonl | parquet | npy (embed only: one
+    float32 [N, dim] matrix, ids beside it in <stem>.ids.jsonl)."""
     shared_fs: str = "auto"
     """Do all nodes see rank 0's run directory? auto (probe it) | true | false (parts are sent
     to rank 0 over the process group)."""
@@ -136,10 +146,29 @@ class FaultConfig:
     oom_above: int | None = None
     """On every rank, a batch of more than this many inputs raises torch.OutOfMemoryError."""
     delay_s: float = 0.0
-    """On every rank, sleep this long before each batch (to make a run slow enough to stop)."""
+    """Sleep this long before each batch (to make a run slow enough to stop, or one rank slow)."""
+    slow_rank: int | None = None
+    """Only this rank sleeps fault.delay_s. Unset: every rank does."""
 
     def __post_init__(self) -> None:
         _check_choice("fault.kind", self.kind, FAULT_KINDS)
+
+
+@dataclass(kw_only=True)
+class BatchConfig:
+    """How inputs are grouped into forward passes. A batch holds at most ``batch_size`` rows and
+    ``batch.max_tokens`` padded tokens (rows × its longest input; for generate, the longest
+    prompt plus task.max_new_tokens)."""
+
+    max_tokens: int | None = None
+    """Padded tokens per forward pass. Unset: 16384 on CUDA, 8192 on CPU."""
+    sort_rows: int = 16384
+    """Inputs sorted by length together before they are cut into batches. Larger packs batches
+    more tightly; a stop signal loses at most this many unfinished inputs' work."""
+
+    def __post_init__(self) -> None:
+        _check_positive("batch.max_tokens", self.max_tokens)
+        _check_positive("batch.sort_rows", self.sort_rows)
 
 
 @dataclass(kw_only=True)
@@ -198,8 +227,9 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
-    batch_size: int = 32
-    """Inputs per forward pass on each rank."""
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    batch_size: int = 256
+    """At most this many inputs per forward pass (batch.max_tokens usually binds first)."""
     device: str = "auto"
     """auto (cuda:{local_rank} when CUDA is available, else cpu) | cpu | cuda."""
     cpu_threads: int | None = None

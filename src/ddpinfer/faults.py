@@ -16,8 +16,9 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by ``fault.kind=raise``."""
 
 
-def before_unit(fault: FaultConfig, rank: int, attempt: int, units_started: int) -> None:
-    if fault.rank != rank or units_started != fault.at_unit:
+def before_units(fault: FaultConfig, rank: int, attempt: int, started: int, count: int) -> None:
+    """Before a window of ``count`` units, after ``started`` units on this rank."""
+    if fault.rank != rank or not started <= fault.at_unit < started + count:
         return
     if fault.attempt is not None and fault.attempt != attempt:
         return
@@ -25,11 +26,11 @@ def before_unit(fault: FaultConfig, rank: int, attempt: int, units_started: int)
         sys.stderr.write(f"ddpinfer: injected exit on rank {rank}\n")
         sys.stderr.flush()
         os._exit(1)
-    raise InjectedFault(f"injected fault on rank {rank} before its unit #{units_started}")
+    raise InjectedFault(f"injected fault on rank {rank} before its unit #{fault.at_unit}")
 
 
-def before_batch(fault: FaultConfig, batch_size: int) -> None:
-    if fault.delay_s:
+def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0) -> None:
+    if fault.delay_s and fault.slow_rank in (None, rank):
         time.sleep(fault.delay_s)
     if fault.oom_above is not None and batch_size > fault.oom_above:
         raise torch.OutOfMemoryError(

@@ -1,124 +1,267 @@
-"""Run one work unit through a task: length-sorted batches in, records in row order out.
+"""Run windows of work units through a task: length-sorted batches in, one result per unit out.
+
+A *window* is a few consecutive work units claimed together. Its inputs are prepared
+(tokenized) once and sorted by length across all of them, so batches pack tightly however small
+the units are; each unit's result is handed on the moment its last input is done.
 
 Failures stay as small as they can: a batch that runs out of memory is split in halves and
-retried down to single inputs (and later batches stay at the size that fitted); an input that
-makes the tokenizer or model raise is found the same way and recorded as an error. Nothing here
-is collective, so no rank falls out of step with the others.
+retried down to single inputs, and the budget for inputs that wide shrinks (``TokenBudget``); an
+input that makes the model raise is found the same way and recorded as an error. Nothing here is
+collective, so no rank falls out of step with the others.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ddpinfer import faults
-from ddpinfer.batching import longest_first
+from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
 from ddpinfer.stopping import PeerFailed, Preempted
-from ddpinfer.tasks.base import Task
+from ddpinfer.tasks.base import Task, rows_to_columns, to_device
 
 log = logging.getLogger(__name__)
 
-Record = dict[str, Any]
+
+@dataclass
+class UnitResult:
+    """One work unit's outcome: the rows that ran with their task columns, and the rest."""
+
+    unit: int
+    rows: list[Row]
+    good: list[int]
+    """Positions into ``rows`` that ran, in row order."""
+    columns: dict[str, Any]
+    """Task field -> one value per good row (a 2-D array for embeddings, a list otherwise)."""
+    errors: list[dict[str, Any]]
+    """``{"row", "id", "error"}`` for each row that could not be run."""
 
 
-class UnitFailed(RuntimeError):
-    """Every input of a unit failed in the model: a broken model or set-up, not bad inputs."""
+@dataclass
+class Window:
+    """Consecutive work units prepared together: items tokenized, batches planned and collated."""
+
+    units: list[int]
+    rows: list[list[Row]]
+    """Each unit's rows."""
+    flat: list[Row] = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    """Position in ``flat`` -> why it cannot run."""
+    batches: list[list[int]] = field(default_factory=list)
+    collated: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.flat)
 
 
-class UnitRunner:
+def prepare_window(
+    task: Task, units: list[int], rows: list[list[Row]], limits: BatchLimits, pin: bool = False
+) -> Window:
+    """Tokenize every runnable row once, sort by cost and cut batches (background thread)."""
+    window = Window(units, rows, flat=[r for unit_rows in rows for r in unit_rows])
+    runnable = []
+    for pos, row in enumerate(window.flat):
+        if row.error is not None:
+            window.errors[pos] = row.error
+        else:
+            runnable.append(pos)
+    items: list[Any] = [None] * window.num_rows
+    for pos, item in zip(runnable, task.prepare([window.flat[p] for p in runnable]), strict=True):
+        if isinstance(item, Exception):
+            window.errors[pos] = str(item)
+        else:
+            items[pos] = item
+    window.items = items
+    todo = [p for p in runnable if p not in window.errors]
+    planned = plan_batches([task.cost(items[p]) for p in todo], limits)
+    window.batches = [[todo[j] for j in batch] for batch in planned]
+    window.collated = [_collate(task, [items[p] for p in b], pin) for b in window.batches]
+    return window
+
+
+def _collate(task: Task, items: list[Any], pin: bool) -> dict[str, torch.Tensor]:
+    batch = task.collate(items)
+    return {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+
+@dataclass
+class Throughput:
+    """What this rank computed: inputs, and real vs padded tokens (padding efficiency)."""
+
+    inputs: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        mask = batch.get("attention_mask")
+        self.batches += 1
+        if mask is not None:
+            self.inputs += mask.shape[0]
+            self.real_tokens += int(mask.sum())
+            self.padded_tokens += mask.numel()
+
+
+class WindowRunner:
     def __init__(
-        self, task: Task, batch_size: int, check_stop: Callable[[], None], fault: FaultConfig
+        self,
+        task: Task,
+        limits: BatchLimits,
+        check_stop: Callable[[], None],
+        fault: FaultConfig,
+        rank: int = 0,
     ) -> None:
         self.task = task
-        self.batch_size = batch_size
+        self.budget = TokenBudget(limits)
         self.check_stop = check_stop
         self.fault = fault
+        self.rank = rank
+        self.stats = Throughput()
 
-    def run(self, rows: Sequence[Row]) -> list[Record]:
-        """One record per row, ``{"row", "id", ...}``, in row order; a row that could not be
-        run gets ``{"row", "id", "error"}``."""
-        records: list[Record | None] = [None] * len(rows)
-        for i, row in enumerate(rows):
-            if row.error is not None:
-                records[i] = _error(row, row.error)
-        todo = [i for i, row in enumerate(rows) if row.error is None]
-        order = [todo[j] for j in longest_first(self._lengths(rows, todo, records))]
-        order = [i for i in order if records[i] is None]
-        start = 0
-        while start < len(order):
+    def run(
+        self,
+        window: Window,
+        unit_done: Callable[[UnitResult], None],
+        near_end: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Run every batch of ``window``; ``unit_done`` gets each unit as soon as all of its rows
+        are done; ``near_end`` is called once, when the last quarter of the batches starts (time
+        to prepare the next window)."""
+        outputs: dict[int, tuple[dict[str, Any], int]] = {}  # position -> (columns, index)
+        errors = dict(window.errors)
+        left, unit_of = self._unit_counts(window, errors)
+        for unit_index, count in enumerate(left):
+            if count == 0:
+                unit_done(self._assemble(window, unit_index, outputs, errors))
+        signalled = False
+        for n, (batch, collated) in enumerate(zip(window.batches, window.collated)):
+            if not signalled and n >= len(window.batches) * 3 // 4:
+                near_end()
+                signalled = True
             self.check_stop()
-            batch = order[start : start + self.batch_size]
-            self._run_batch(rows, batch, records)
-            start += len(batch)
-        ran = [i for i in todo if "error" not in records[i]]
-        if todo and not ran:
-            raise UnitFailed(
-                f"every input of rows {rows[0].index}-{rows[-1].index} failed; "
-                f"the first: {records[todo[0]]['error']}"
-            )
-        return records  # type: ignore[return-value]
+            self._run_fitting(window, batch, collated, outputs, errors)
+            for pos in batch:
+                u = unit_of[pos]
+                left[u] -= 1
+                if left[u] == 0:
+                    unit_done(self._assemble(window, u, outputs, errors))
+        if not signalled:
+            near_end()
 
-    def _lengths(self, rows, todo: list[int], records) -> list[int]:
-        try:
-            return self.task.token_lengths([rows[i].text for i in todo])
-        except Exception:  # one text breaks the tokenizer: find it, measure the rest one by one
-            lengths = []
-            for i in todo:
-                try:
-                    lengths.append(self.task.token_lengths([rows[i].text])[0])
-                except Exception as e:
-                    records[i] = _error(rows[i], f"tokenizer failed: {type(e).__name__}: {e}")
-                    lengths.append(0)
-            return lengths
+    @staticmethod
+    def _unit_counts(window: Window, errors: dict[int, str]) -> tuple[list[int], list[int]]:
+        left, unit_of = [], []
+        pos = 0
+        for u, unit_rows in enumerate(window.rows):
+            left.append(sum(1 for p in range(pos, pos + len(unit_rows)) if p not in errors))
+            unit_of.extend([u] * len(unit_rows))
+            pos += len(unit_rows)
+        return left, unit_of
 
-    def _run_batch(self, rows: Sequence[Row], batch: list[int], records: list) -> None:
+    def _assemble(self, window: Window, u: int, outputs, errors) -> UnitResult:
+        start = sum(len(r) for r in window.rows[:u])
+        rows = window.rows[u]
+        positions = range(start, start + len(rows))
+        good = [p - start for p in positions if p not in errors]
+        bad = [
+            {"row": rows[p - start].index, "id": rows[p - start].id, "error": errors[p]}
+            for p in positions
+            if p in errors
+        ]
+        columns: dict[str, Any] = {}
+        if good:
+            picks = [outputs.pop(start + g) for g in good]
+            for name in picks[0][0]:
+                values = [cols[name][i] for cols, i in picks]
+                first = picks[0][0][name]
+                columns[name] = np.stack(values) if isinstance(first, np.ndarray) else values
+        return UnitResult(window.units[u], rows, good, columns, bad)
+
+    def _run_fitting(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
+        """Run a planned batch, in pieces if the budget shrank since it was planned."""
+        width = collated["input_ids"].shape[1] if "input_ids" in collated else 1
+        allowed = self.budget.max_rows(width)
+        if len(batch) <= allowed:
+            self._run_batch(window, batch, collated, outputs, errors)
+            return
+        for start in range(0, len(batch), allowed):
+            self._run_batch(window, batch[start : start + allowed], None, outputs, errors)
+
+    def _run_batch(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
         # Retries happen after the except blocks, never inside them: a live exception keeps the
         # failed forward pass's frames, and with them its GPU memory, alive.
+        if collated is None:
+            collated = _collate(self.task, [window.items[p] for p in batch], False)
         failure: BaseException | None = None
         try:
-            faults.before_batch(self.fault, len(batch))
-            outputs = self.task([rows[i].text for i in batch], [rows[i].index for i in batch])
+            faults.before_batch(self.fault, len(batch), self.rank)
+            rows = [window.flat[p].index for p in batch]
+            result = self.task(to_device(collated, self.task.device), rows)
+            columns = rows_to_columns(result) if isinstance(result, list) else dict(result)
+            _check_lengths(columns, len(batch))
         except (PeerFailed, Preempted, KeyboardInterrupt):
             raise
         except Exception as e:
             failure = e
+        width = collated["input_ids"].shape[1] if "input_ids" in collated else 1
         if failure is None:
-            for i, output in zip(batch, outputs, strict=True):
-                records[i] = {"row": rows[i].index, "id": rows[i].id, **output}
+            self.stats.add(collated)
+            self.budget.fitted(width)
+            for i, pos in enumerate(batch):
+                outputs[pos] = (columns, i)
             return
+        if is_transient(failure):
+            raise TransientError(
+                f"{type(failure).__name__}: {failure} (rows {window.flat[batch[0]].index}...; "
+                "this work unit is not written and is retried when the same command runs again)"
+            ) from failure
         out_of_memory = isinstance(failure, torch.OutOfMemoryError)
         reason = f"{type(failure).__name__}: {failure}"
         failure = None
         if out_of_memory:
             _free_memory()
         if len(batch) == 1:
-            row = rows[batch[0]]
-            records[batch[0]] = _error(
-                row, ("out of memory even alone: " if out_of_memory else "") + reason
-            )
+            row = window.flat[batch[0]]
+            errors[batch[0]] = ("out of memory even alone: " if out_of_memory else "") + reason
             log.warning("row %d failed: %s", row.index, reason)
             return
-        if out_of_memory and len(batch) <= self.batch_size:
-            self.batch_size = max(1, len(batch) // 2)
-            log.warning(
-                "out of memory at batch size %d; going on with %d", len(batch), self.batch_size
-            )
-        self._split(rows, batch, records)
-
-    def _split(self, rows, batch: list[int], records: list) -> None:
+        if out_of_memory:
+            self.budget.out_of_memory(width, len(batch))
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
-            self._run_batch(rows, part, records)
+            self._run_batch(window, part, None, outputs, errors)
 
 
-def _error(row: Row, reason: str) -> Record:
-    return {"row": row.index, "id": row.id, "error": reason}
+class TransientError(RuntimeError):
+    """A failure that says nothing about the inputs (a CUDA fault, an I/O error): the unit fails
+    as a whole, so that a re-run retries it instead of recording its rows as bad."""
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return False
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("CUDA error" in text or "NCCL" in text)
+
+
+def _check_lengths(columns: dict[str, Any], rows: int) -> None:
+    for name, values in columns.items():
+        if len(values) != rows:
+            raise ValueError(
+                f"the task returned {len(values)} values of {name!r} for {rows} inputs"
+            )
 
 
 def _free_memory() -> None:

@@ -1,20 +1,29 @@
 """Rank 0's last step: stream the part files, in row order, into one verified output file.
 
-Memory stays bounded by one part at a time. Every row must appear exactly once, or the merge
-stops naming what is missing or duplicated, and no output file is written.
+Memory stays bounded by one part at a time. Every row must appear exactly once (as a result or
+as an error), or the merge stops naming what is missing or duplicated, and no output is written.
+Results are never re-parsed: Arrow columns go to Parquet as they are, to ``.npy`` as raw float32,
+and to JSON Lines through orjson (float32 values in their shortest form).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+import pyarrow as pa
+
 from ddpinfer.atomic import atomic_path, atomic_text
 from ddpinfer.errors import UserError
-from ddpinfer.parts import finished_units, part_path, read_part
+from ddpinfer.parts import ERRORS_KEY, ID_ENCODING_KEY, finished_units, part_path, read_part
+
+SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy"}
 
 
 class MergeError(UserError):
@@ -24,11 +33,15 @@ class MergeError(UserError):
 def output_format(path: Path, requested: str) -> str:
     if requested != "auto":
         return requested
-    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "jsonl"
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "jsonl")
 
 
-def _checked_records(run_dir: Path, units: list[range]) -> Iterator[list[dict[str, Any]]]:
-    """Each unit's records, row field removed, after checking they are exactly its rows."""
+def ids_path(output: Path) -> Path:
+    """Where ``output.format=npy`` writes the ids of the matrix's rows."""
+    return output.with_name(output.name.split(".")[0] + ".ids.jsonl")
+
+
+def _missing_units(run_dir: Path, units: list[range]) -> None:
     done = finished_units(run_dir)
     missing = [i for i in range(len(units)) if i not in done]
     if missing:
@@ -37,30 +50,45 @@ def _checked_records(run_dir: Path, units: list[range]) -> Iterator[list[dict[st
         )
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise MergeError(f"{len(missing)} work unit(s) have no results: {shown}{more}.")
+
+
+def _checked_parts(run_dir: Path, units: list[range]) -> Iterator[tuple[pa.Table, list[dict]]]:
+    """Each unit's table and error records, after checking they are exactly its rows."""
+    _missing_units(run_dir, units)
     for i, unit in enumerate(units):
-        records = list(read_part(part_path(run_dir, i)))
-        rows = [r["row"] for r in records]
-        if rows != list(unit):
-            raise MergeError(_describe_mismatch(part_path(run_dir, i), unit, rows, records))
-        for record in records:
-            if "error" not in record:
-                del record["row"]
-        yield records
+        table, errors = read_part(part_path(run_dir, i))
+        rows = table.column("row").to_numpy()
+        every = np.concatenate([rows, np.array([e["row"] for e in errors], dtype=np.int64)])
+        if len(every) != len(unit) or not np.array_equal(
+            np.sort(every), np.arange(unit.start, unit.stop)
+        ):
+            raise MergeError(_describe_mismatch(part_path(run_dir, i), unit, every, table))
+        yield table, errors
 
 
-def _describe_mismatch(path: Path, unit: range, rows: list[int], records: list[dict]) -> str:
-    seen: dict[int, int] = {}
-    for r in rows:
-        seen[r] = seen.get(r, 0) + 1
-    dup = [r for r, c in seen.items() if c > 1]
-    ids = {r: rec.get("id") for r, rec in zip(rows, records)}
-    missing = [r for r in unit if r not in seen]
+def _describe_mismatch(path: Path, unit: range, rows: np.ndarray, table: pa.Table) -> str:
+    values, counts = np.unique(rows, return_counts=True)
+    dup = set(values[counts > 1].tolist())
+    ids = dict(zip(table.column("row").to_pylist(), python_ids(table)))
+    missing = sorted(set(unit) - set(values.tolist()))
     return (
         f"{path}: expected rows {unit.start}-{unit.stop - 1} once each; "
-        f"missing rows {missing[:10]}, duplicated ids {[ids[r] for r in dup][:10]}, "
-        f"unexpected rows {[r for r in seen if r not in unit][:10]}. "
+        f"missing rows {missing[:10]}, duplicated ids {[ids.get(r, r) for r in dup][:10]}, "
+        f"unexpected rows {[r for r in values.tolist() if r not in unit][:10]}. "
         f"HINT: delete this part file and re-run the same command to recompute it."
     )
+
+
+def python_ids(table: pa.Table) -> list[Any]:
+    field = table.schema.field("id")
+    ids = table.column("id").to_pylist()
+    if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
+        return [json.loads(i) for i in ids]
+    return ids
+
+
+def _task_fields(table: pa.Table) -> list[str]:
+    return [n for n in table.column_names if n not in ("row", "id")]
 
 
 @dataclass(frozen=True)
@@ -74,47 +102,167 @@ def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> Me
     """Write ``output`` atomically from the parts, and the inputs that could not be run to
     ``<run dir>/errors.jsonl`` (id, row and reason), also atomically."""
     errors_path = run_dir / "errors.jsonl"
-    counts = {"written": 0, "errors": 0}
-    with atomic_text(errors_path) as errors_file, atomic_path(output) as tmp:
-
-        def results() -> Iterator[list[dict[str, Any]]]:
-            for records in _checked_records(run_dir, units):
-                good = []
-                for record in records:
-                    if "error" in record:
-                        errors_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        counts["errors"] += 1
-                    else:
-                        good.append(record)
-                counts["written"] += len(good)
-                yield good
-
-        if fmt == "parquet":
-            _write_parquet(tmp, results())
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for records in results():
-                    for record in records:
-                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return MergeSummary(counts["written"], counts["errors"], errors_path)
-
-
-def _write_parquet(path: Path, chunks: Iterator[list[dict[str, Any]]]) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    writer, written = None, 0
-    try:
-        for records in chunks:
-            if not records:
-                continue
-            table = pa.Table.from_pylist(records, schema=writer.schema if writer else None)
-            writer = writer or pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            written += len(records)
-        if writer is None:  # no inputs: still a valid, empty file
-            pq.write_table(pa.table({"id": pa.array([], pa.int64())}), path)
-    finally:
-        if writer is not None:
+    writer_class = {"jsonl": JsonlWriter, "parquet": ParquetWriter, "npy": NpyWriter}[fmt]
+    written = errors = 0
+    with contextlib.ExitStack() as stack:
+        errors_file = stack.enter_context(atomic_text(errors_path))
+        tmp = stack.enter_context(atomic_path(output))
+        ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
+        writer = writer_class(tmp, ids_tmp, run_dir, units)
+        try:
+            for table, unit_errors in _checked_parts(run_dir, units):
+                for record in unit_errors:
+                    errors_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                errors += len(unit_errors)
+                if table.num_rows:
+                    writer.write(table)
+                    written += table.num_rows
+        finally:
             writer.close()
-    return written
+    return MergeSummary(written, errors, errors_path)
+
+
+class JsonlWriter:
+    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        self.file = open(tmp, "wb")
+
+    def write(self, table: pa.Table) -> None:
+        ids = python_ids(table)
+        fields = _task_fields(table)
+        columns = [_json_values(table.column(name)) for name in fields]
+        option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        dumps = orjson.dumps
+        lines = [
+            dumps({"id": id_, **dict(zip(fields, values))}, option=option)
+            for id_, *values in zip(ids, *columns)
+        ]
+        self.file.write(b"".join(lines))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _json_values(column: pa.ChunkedArray) -> Any:
+    """Values orjson can write without loss and without a Python float per element: numpy
+    rows for embeddings, numpy float32 scalars for scores (written in shortest form)."""
+    array = column.combine_chunks()
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        return array.flatten().to_numpy().reshape(len(array), kind.list_size)
+    if pa.types.is_floating(kind) or pa.types.is_integer(kind):
+        return array.to_numpy(zero_copy_only=False)
+    values = array.to_pylist()
+    return [_float32_scalars(v, kind) for v in values] if _has_float32(kind) else values
+
+
+def _has_float32(kind: pa.DataType) -> bool:
+    if kind == pa.float32():
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _has_float32(kind.value_type)
+    if pa.types.is_struct(kind):
+        return any(_has_float32(kind.field(i).type) for i in range(kind.num_fields))
+    return False
+
+
+def _float32_scalars(value: Any, kind: pa.DataType) -> Any:
+    """Nested values with their float32 fields as numpy scalars, so orjson writes the float32
+    (0.25341), not the float64 it widens to (0.2534100115299225)."""
+    if value is None:
+        return None
+    if kind == pa.float32():
+        return np.float32(value)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return [_float32_scalars(v, kind.value_type) for v in value]
+    if pa.types.is_struct(kind):
+        return {f.name: _float32_scalars(value[f.name], f.type) for f in kind}
+    return value
+
+
+class ParquetWriter:
+    """Embeddings as a list of float32 (about their raw bytes); ids as int64 when every id is
+    an integer, else as strings (an integer id 7 becomes "7")."""
+
+    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        self.tmp = tmp
+        self.id_type = _common_id_type(run_dir, units)
+        self.writer: Any = None
+        self.schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        ids = table.column("id")
+        field = table.schema.field("id")
+        if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
+            ids = pa.array([str(i) for i in python_ids(table)], pa.string())
+        ids = ids.cast(self.id_type)
+        out = pa.Table.from_arrays(
+            [ids, *(table.column(n) for n in _task_fields(table))],
+            names=["id", *_task_fields(table)],
+        )
+        if self.writer is None:
+            self.schema = out.schema
+            strings = [f.name for f in out.schema if pa.types.is_string(f.type)]
+            self.writer = pq.ParquetWriter(self.tmp, out.schema, use_dictionary=strings)
+        self.writer.write_table(out.cast(self.schema))
+
+    def close(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is not None:
+            self.writer.close()
+        else:  # no results at all: still a valid, empty file
+            pq.write_table(pa.table({"id": pa.array([], self.id_type)}), self.tmp)
+
+
+def _part_schemas(run_dir: Path, units: list[range]) -> Iterator[pa.Schema]:
+    for i in range(len(units)):
+        with pa.OSFile(str(part_path(run_dir, i))) as f:
+            yield pa.ipc.open_file(f).schema
+
+
+def _common_id_type(run_dir: Path, units: list[range]) -> pa.DataType:
+    for schema in _part_schemas(run_dir, units):
+        if schema.field("id").type != pa.int64():
+            return pa.string()
+    return pa.int64()
+
+
+class NpyWriter:
+    """One float32 ``[N, dim]`` matrix of the embeddings, in input order, and the id of each
+    matrix row in ``<stem>.ids.jsonl`` beside it. N counts the inputs that ran (errors are in
+    errors.jsonl), so it is known from the parts' error lists before any value is read."""
+
+    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        self.rows = 0
+        for unit, schema in zip(units, _part_schemas(run_dir, units)):
+            self.rows += len(unit) - len(json.loads((schema.metadata or {})[ERRORS_KEY]))
+        self.file = open(tmp, "wb")
+        self.ids_file = open(ids_tmp, "wb")  # type: ignore[arg-type]
+        self.dim: int | None = None
+        self.written = 0
+
+    def write(self, table: pa.Table) -> None:
+        fields = [n for n in _task_fields(table) if pa.types.is_fixed_size_list(table[n].type)]
+        if not fields:
+            raise MergeError("output.format=npy needs an embedding column (task=embed)")
+        matrix = _json_values(table.column(fields[0])).astype(np.float32, copy=False)
+        if self.dim is None:
+            self.dim = matrix.shape[1]
+            np.lib.format.write_array_header_1_0(
+                self.file,
+                {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim)},
+            )
+        self.file.write(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
+        option = orjson.OPT_APPEND_NEWLINE
+        self.ids_file.write(
+            b"".join(orjson.dumps({"id": i}, option=option) for i in python_ids(table))
+        )
+        self.written += len(matrix)
+
+    def close(self) -> None:
+        if self.dim is None and self.rows == 0:
+            np.save(self.file, np.zeros((0, 0), np.float32))
+        self.file.close()
+        self.ids_file.close()

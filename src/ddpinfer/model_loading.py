@@ -54,18 +54,33 @@ def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
 
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
     """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process)."""
+    kwargs: dict[str, Any] = {}
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = cfg.attn_implementation
     try:
         model = auto_class.from_pretrained(
-            path, dtype=torch_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+            path,
+            dtype=torch_dtype(cfg.dtype, device),
+            trust_remote_code=cfg.trust_remote_code,
+            **kwargs,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise ModelLoadError(
             f"model.path={path}: cannot load it as {auto_class.__name__}: {e}{_hint(e)}"
         ) from e
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if cfg.compile:
+        # Only the forward is compiled; the module keeps its attributes (config, generate, ...).
+        model.forward = torch.compile(model.forward, dynamic=True)
+    return model
 
 
 def _hint(error: Exception) -> str:
+    if "flash_attn" in str(error) or "flash_attention" in str(error):
+        return (
+            " HINT: flash_attention_2 needs `pip install flash-attn` and a CUDA device; "
+            "model.attn_implementation=sdpa works everywhere."
+        )
     if "trust_remote_code" in str(error):
         return (
             " HINT: this model ships its own code; if you trust it, add "

@@ -1,20 +1,31 @@
-"""Part files: each finished work unit is one JSONL file under ``<run dir>/parts/``.
+"""Part files: each finished work unit is one Arrow IPC file under ``<run dir>/parts/``.
 
-A part holds one line per input, ``{"row": <row>, "id": ..., <task fields>}``, in row order, and is
-written atomically: a unit is done exactly when its part file exists.
+A part holds the unit's results as columns: ``row`` (int64), ``id``, then the task's fields in
+binary form (embeddings as a fixed-size list of float32, scores as float32, text as UTF-8).
+Inputs that could not be run are not rows of the table; they are listed, with the reason, in
+the file's schema metadata under ``ddpinfer.errors``. A part is written atomically: a unit is
+done exactly when its part file exists.
+
+Ids keep their type: an ``int64`` column when all of a part's ids are integers, ``string`` when
+all are strings, and for a mix, strings holding each id as JSON (field metadata says so).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.atomic import atomic_text
+import numpy as np
+import pyarrow as pa
 
-PART_NAME = re.compile(r"^unit-(\d{6,})\.jsonl$")
+from ddpinfer.atomic import atomic_path
+
+PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
+ERRORS_KEY = b"ddpinfer.errors"
+ID_ENCODING_KEY = b"ddpinfer.id"
 
 
 def parts_dir(run_dir: Path) -> Path:
@@ -22,15 +33,61 @@ def parts_dir(run_dir: Path) -> Path:
 
 
 def part_path(run_dir: Path, unit: int) -> Path:
-    return parts_dir(run_dir) / f"unit-{unit:06d}.jsonl"
+    return parts_dir(run_dir) / f"unit-{unit:06d}.arrow"
 
 
-def write_part(run_dir: Path, unit: int, records: Iterable[dict[str, Any]]) -> Path:
+def id_array(ids: Sequence[Any]) -> tuple[pa.Array, pa.Field]:
+    if all(isinstance(i, int) for i in ids):
+        return pa.array(ids, pa.int64()), pa.field("id", pa.int64())
+    if all(isinstance(i, str) for i in ids):
+        return pa.array(ids, pa.string()), pa.field("id", pa.string())
+    encoded = [json.dumps(i) for i in ids]
+    return pa.array(encoded, pa.string()), pa.field(
+        "id", pa.string(), metadata={ID_ENCODING_KEY: b"json"}
+    )
+
+
+def column_array(values: Any) -> pa.Array:
+    """A task column as Arrow: 2-D arrays as fixed-size lists (embeddings), float arrays as
+    float32, anything else as Arrow infers it."""
+    if isinstance(values, np.ndarray):
+        if values.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+            return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+        if values.dtype.kind == "f":
+            return pa.array(values.astype(np.float32, copy=False))
+        return pa.array(values)
+    return pa.array(list(values))
+
+
+def build_table(
+    rows: Sequence[int], ids: Sequence[Any], columns: dict[str, Any], errors: list[dict]
+) -> pa.Table:
+    id_values, id_field = id_array(ids)
+    arrays = [pa.array(rows, pa.int64()), id_values]
+    fields = [pa.field("row", pa.int64()), id_field]
+    for name, values in columns.items():
+        array = column_array(values)
+        arrays.append(array)
+        fields.append(pa.field(name, array.type))
+    metadata = {ERRORS_KEY: json.dumps(errors, ensure_ascii=False).encode()}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def write_part(run_dir: Path, unit: int, table: pa.Table) -> Path:
     path = part_path(run_dir, unit)
-    with atomic_text(path) as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
     return path
+
+
+def read_part(path: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The part's table (memory-mapped, not copied) and its error records."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    meta = table.schema.metadata or {}
+    return table, json.loads(meta.get(ERRORS_KEY, b"[]"))
 
 
 def finished_units(run_dir: Path) -> set[int]:
@@ -38,9 +95,3 @@ def finished_units(run_dir: Path) -> set[int]:
     if not folder.is_dir():
         return set()
     return {int(m.group(1)) for p in folder.iterdir() if (m := PART_NAME.match(p.name))}
-
-
-def read_part(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)

@@ -44,6 +44,7 @@ class PeerError(UserError):
 class Plan:
     spec: inputs.InputSpec
     units: list[range]
+    unit_size: int
     pending: list[int]
     """Units not finished by an earlier run, in order."""
     bad_rows: dict[int, str]
@@ -155,4 +156,6 @@ def preflight(
         plan["unit_size"],
         env.world_size,
     )
-    return Plan(spec, units, plan["pending"], plan["bad_rows"], output, output_format)
+    return Plan(
+        spec, units, plan["unit_size"], plan["pending"], plan["bad_rows"], output, output_format
+    )

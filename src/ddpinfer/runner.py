@@ -4,30 +4,35 @@ inference, part files, and rank 0's merge into the final output."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from ddpinfer import faults, launch_env, work_units
+from ddpinfer.atomic import atomic_text
+from ddpinfer.batching import BatchLimits
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.errors import UserError
-from ddpinfer.inference import UnitRunner
+from ddpinfer.inference import Throughput, Window, WindowRunner, prepare_window
 from ddpinfer.inputs import Row, read_rows
 from ddpinfer.liveness import Liveness
 from ddpinfer.logs import setup_logging
 from ddpinfer.merge import merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
-from ddpinfer.parts import write_part
+from ddpinfer.pipeline import PartWriter, WindowFeed
 from ddpinfer.preflight import Plan, agreed, preflight
-from ddpinfer.process_group import ProcessGroup
+from ddpinfer.process_group import ProcessGroup, connect_store
 from ddpinfer.run_dir import resolve_run_dir
 from ddpinfer.stopping import (
     EXIT_PEER_FAILED,
@@ -40,6 +45,9 @@ from ddpinfer.stopping import (
 from ddpinfer.tasks import build_task
 
 log = logging.getLogger("ddpinfer")
+
+DEFAULT_MAX_TOKENS = {"cpu": 8192, "cuda": 16384}
+"""Padded tokens per forward pass when batch.max_tokens is unset (see benchmarks/)."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,9 @@ def _run(
     if env.is_main:
         log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
     plan = preflight(cfg, env, group, run_dir, output, fmt)
-    share = work_units.assign(len(plan.pending), env.rank, env.world_size)
-    mine = [plan.pending[i] for i in share]
-    task = agreed(group, lambda: build_task(cfg, device) if mine else None)
+    task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
     started = time.perf_counter()
-    runner = UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None
-    done = _run_units(cfg, env, run_dir, plan, mine, runner)
+    done, stats = _run_units(cfg, env, run_dir, plan, task, check_stop) if task else ([], None)
     if liveness is not None:
         liveness.wait_all_done(check_stop)
         liveness.stop()  # from here on, ranks leave as they finish: no more heartbeats
@@ -118,32 +123,75 @@ def _run(
     return RunResult(run_dir, output if env.is_main else None, done)
 
 
+def _unit_counter(env) -> Callable[[int], int]:
+    """The counter every rank claims work units from: the rendezvous store's atomic add."""
+    if not env.is_distributed:
+        return work_units.local_counter()
+    store = connect_store(env, datetime.timedelta(seconds=60), "work")
+    return lambda n: store.add("claimed", n)
+
+
 def _run_units(
-    cfg: Config, env, run_dir: Path, plan: Plan, mine: list[int], runner: UnitRunner | None
-) -> list[int]:
-    """Run this rank's units in order, writing each one's part as soon as it is finished."""
-    log.info("this rank has %d work unit(s) to do", len(mine))
-    done: list[int] = []
-    if runner is None:
-        return done
-    units = [plan.units[i] for i in mine]
-    rows = read_rows(plan.spec, range(units[0].start, units[-1].stop))
-    start, count = time.perf_counter(), 0
-    for n, (unit, unit_rows) in enumerate(zip(mine, work_units.split_rows(rows, units))):
-        faults.before_unit(cfg.fault, env.rank, env.restart_count, n)
-        unit_rows = [_mark_bad(r, plan.bad_rows) for r in unit_rows]
-        write_part(run_dir, unit, runner.run(unit_rows))
-        done.append(unit)
-        count += len(unit_rows)
-        rate = count / max(time.perf_counter() - start, 1e-9)
-        log.info(
-            "unit %d done (%d/%d units, %.1f inputs/s on this rank)",
-            unit,
-            len(done),
-            len(mine),
-            rate,
-        )
-    return done
+    cfg: Config, env, run_dir: Path, plan: Plan, task, check_stop
+) -> tuple[list[int], Throughput]:
+    """Claim windows of work units until none are left; each unit's part is written as soon as
+    its last input is done."""
+    limits = batch_limits(cfg, task.device)
+    claims = work_units.UnitClaims(
+        plan.pending, plan.unit_size, env.world_size, cfg.batch.sort_rows, _unit_counter(env)
+    )
+    runner = WindowRunner(task, limits, check_stop, cfg.fault, env.rank)
+    pin = task.device.type == "cuda"
+
+    def make_window(units: list[int]) -> Window:
+        ranges = [plan.units[u] for u in units]
+        stream = read_rows(plan.spec, range(ranges[0].start, ranges[-1].stop))
+        rows = [
+            [_mark_bad(r, plan.bad_rows) for r in unit_rows]
+            for unit_rows in work_units.split_rows(stream, ranges)
+        ]
+        return prepare_window(task, units, rows, limits, pin)
+
+    start, started_units = time.perf_counter(), 0
+    with PartWriter(run_dir) as writer, WindowFeed(claims.next, make_window, check_stop) as feed:
+        for window in feed:
+            faults.before_units(
+                cfg.fault, env.rank, env.restart_count, started_units, len(window.units)
+            )
+            started_units += len(window.units)
+            runner.run(window, writer.submit, feed.request_next)
+            writer.check()
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            log.info(
+                "units %s done (%d units so far, %.1f inputs/s, padding efficiency %.2f)",
+                _unit_span(window.units),
+                started_units,
+                runner.stats.inputs / elapsed,
+                runner.stats.real_tokens / max(1, runner.stats.padded_tokens),
+            )
+    _save_stats(run_dir, env.rank, runner.stats, start)
+    return writer.done, runner.stats
+
+
+def _unit_span(units: list[int]) -> str:
+    return str(units[0]) if len(units) == 1 else f"{units[0]}-{units[-1]}"
+
+
+def batch_limits(cfg: Config, device: torch.device) -> BatchLimits:
+    default = DEFAULT_MAX_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+    return BatchLimits(cfg.batch_size, cfg.batch.max_tokens or default)
+
+
+def _save_stats(run_dir: Path, rank: int, stats: Throughput, start: float) -> None:
+    """This rank's throughput, for the end-of-run summary and benchmarks."""
+    record = {
+        **dataclasses.asdict(stats),
+        "seconds": time.perf_counter() - start,
+        "started_at": time.time() - (time.perf_counter() - start),
+        "finished_at": time.time(),
+    }
+    with atomic_text(run_dir / "stats" / f"rank{rank}.json") as f:
+        json.dump(record, f)
 
 
 def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:

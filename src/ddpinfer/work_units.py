@@ -1,23 +1,35 @@
-"""Split the inputs into work units and assign units to ranks.
+"""Split the inputs into work units and hand them out to ranks as they ask.
 
-A work unit is a run of consecutive rows. It is the grain of everything after reading: it is
-assigned to one rank, batched on its own, written as one part file, and counts as done once that
-part exists. Unit boundaries depend only on the row count and the unit size, never on the world
-size, so finished units stay valid when a run resumes with a different number of ranks.
+A work unit is a run of consecutive rows. It is the grain of claiming, resume and part files: it
+is claimed by one rank, written as one part file, and counts as done once that part exists. Unit
+boundaries depend only on the row count and the unit size, never on the world size, so finished
+units stay valid when a run resumes with a different number of ranks.
+
+Ranks claim the pending units through one atomic counter (the rendezvous store's ``add``), a
+window of consecutive units at a time: large windows while much is left (inputs are sorted by
+length across a window, so batches pack tightly), one unit at a time near the end (guided
+self-scheduling), so a slow rank simply takes fewer units and all ranks finish together.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
 
+MIN_AUTO_UNIT = 64
+MAX_AUTO_UNIT = 4096
+
 
 def auto_unit_size(num_rows: int) -> int:
-    """About 256 units for large inputs, 16..4096 rows each."""
-    return min(4096, max(16, math.ceil(num_rows / 256)))
+    """About 256 units for large inputs: a power of two rows each, 64 to 4096. Batches are cut
+    across the units of a window, so a small unit never makes a small batch."""
+    size = MIN_AUTO_UNIT
+    while size < MAX_AUTO_UNIT and size * 256 < num_rows:
+        size *= 2
+    return size
 
 
 def plan_units(num_rows: int, unit_size: int | None = None) -> list[range]:
@@ -43,3 +55,47 @@ def split_rows(rows: Iterable[T], units: list[range]) -> Iterator[list[T]]:
             next(it)
         yield [next(it) for _ in unit]
         position = unit.stop
+
+
+class UnitClaims:
+    """Windows of pending units for this rank, claimed through a shared counter.
+
+    ``add(n)`` atomically adds ``n`` to the counter shared by all ranks and returns the new
+    value (the store's ``add``); every index below it has been handed out exactly once. A
+    window takes ``remaining / world_size`` units (guided self-scheduling), at most
+    ``max_rows`` rows' worth and at least one unit.
+    """
+
+    def __init__(
+        self,
+        pending: list[int],
+        unit_size: int,
+        world_size: int,
+        max_rows: int,
+        add: Callable[[int], int],
+    ) -> None:
+        self.pending = pending
+        self.world_size = world_size
+        self.max_units = max(1, max_rows // max(1, unit_size))
+        self.add = add
+
+    def next(self) -> list[int]:
+        """The next window (positions into ``pending``' units, ascending); [] when all are out."""
+        remaining = len(self.pending) - self.add(0)
+        if remaining <= 0:
+            return []
+        want = max(1, min(self.max_units, math.ceil(remaining / self.world_size)))
+        end = self.add(want)  # units [end - want, end) are ours; past the last one, nothing
+        return self.pending[end - want : min(end, len(self.pending))]
+
+
+def local_counter() -> Callable[[int], int]:
+    """The shared counter of a world of one."""
+    value = 0
+
+    def add(n: int) -> int:
+        nonlocal value
+        value += n
+        return value
+
+    return add

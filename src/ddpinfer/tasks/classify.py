@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ddpinfer import model_loading
 from ddpinfer.config import ClassifyTaskConfig, Config
-from ddpinfer.tasks.base import Task
+from ddpinfer.tasks.base import Columns, Task
 
 
 class ClassifyTask(Task):
@@ -23,20 +23,21 @@ class ClassifyTask(Task):
         self.multi_label = config.problem_type == "multi_label_classification"
 
     @torch.inference_mode()
-    def __call__(self, texts: Sequence[str], rows: Sequence[int]) -> list[dict[str, Any]]:
-        logits = self.model(**self.encode(texts)).logits.float()
+    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
+        logits = self.model(**batch).logits.float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         k = min(self.cfg.top_k or 1, scores.shape[-1])
-        top_scores, top_ids = scores.topk(k, dim=-1)
-        records = []
-        for ids, values in zip(top_ids.cpu().tolist(), top_scores.cpu().tolist()):
-            record: dict[str, Any] = {"label": self.labels[ids[0]], "score": values[0]}
-            if self.cfg.top_k:
-                record["top_k"] = [
-                    {"label": self.labels[i], "score": s} for i, s in zip(ids, values)
-                ]
-            records.append(record)
-        return records
+        top_scores, top_ids = (t.cpu().numpy() for t in scores.topk(k, dim=-1))
+        columns: dict[str, Any] = {
+            "label": [self.labels[i] for i in top_ids[:, 0]],
+            "score": top_scores[:, 0],
+        }
+        if self.cfg.top_k:
+            columns["top_k"] = [
+                [{"label": self.labels[i], "score": s} for i, s in zip(ids, values.tolist())]
+                for ids, values in zip(top_ids, top_scores)
+            ]
+        return columns
 
 
 def build(cfg: Config, path: str, device: torch.device) -> ClassifyTask:

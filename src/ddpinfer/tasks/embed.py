@@ -1,18 +1,17 @@
-"""Sentence embeddings: AutoModel, pooled over tokens. Record: {"embedding": [...]}."""
+"""Sentence embeddings: AutoModel, pooled over tokens. Column: "embedding", float32 [rows, dim]."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoModel
 
 from ddpinfer import model_loading
 from ddpinfer.config import Config, EmbedTaskConfig
-from ddpinfer.tasks.base import Task
+from ddpinfer.tasks.base import Columns, Task
 
 
 class EmbedTask(Task):
@@ -21,13 +20,12 @@ class EmbedTask(Task):
         self.cfg = cfg
 
     @torch.inference_mode()
-    def __call__(self, texts: Sequence[str], rows: Sequence[int]) -> list[dict[str, Any]]:
-        batch = self.encode(texts)
+    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
         hidden = self.model(**batch).last_hidden_state
         pooled = pool(hidden, batch["attention_mask"], self.cfg.pooling)
         if self.cfg.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return [{"embedding": v} for v in pooled.float().cpu().tolist()]
+        return {"embedding": pooled.float().cpu().numpy()}
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

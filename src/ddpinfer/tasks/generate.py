@@ -9,7 +9,7 @@ changes nothing: the same command gives the same text on 1 or 64 GPUs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from transformers import (
 
 from ddpinfer import model_loading
 from ddpinfer.config import Config, GenerateTaskConfig
-from ddpinfer.tasks.base import Task
+from ddpinfer.tasks.base import Columns, Task
 
 
 class PerRowGumbelNoise(LogitsProcessor):
@@ -50,6 +50,8 @@ class PerRowGumbelNoise(LogitsProcessor):
 
 
 class GenerateTask(Task):
+    padding_side = "left"
+
     def __init__(self, tokenizer, model, max_length, cfg: GenerateTaskConfig, seed: int) -> None:
         super().__init__(tokenizer, model, max_length)
         self.cfg = cfg
@@ -79,9 +81,12 @@ class GenerateTask(Task):
         processors.append(PerRowGumbelNoise(self.seed, rows, self.device))
         return processors
 
+    def cost(self, item: Any) -> int:
+        """The prompt and every token that may be generated after it."""
+        return len(item) + self.cfg.max_new_tokens
+
     @torch.inference_mode()
-    def __call__(self, texts: Sequence[str], rows: Sequence[int]) -> list[dict[str, Any]]:
-        batch = self.encode(texts)
+    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
         out = self.model.generate(
             **batch,
             generation_config=self.generation_config,
@@ -89,7 +94,7 @@ class GenerateTask(Task):
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         texts_out = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [{"generated_text": t} for t in texts_out]
+        return {"generated_text": texts_out}
 
 
 def build(cfg: Config, path: str, device: torch.device) -> GenerateTask:

@@ -1,0 +1,132 @@
+"""Keep the forward loop fed: windows are claimed, read and tokenized on one background thread,
+and finished units are encoded and written as part files on another.
+
+The compute thread only runs batches. Claiming the next window waits until the current one is
+nearly done (``request_next``), so a rank never holds work another rank could be doing. Errors
+on either thread surface on the compute thread at its next step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ddpinfer.inference import UnitResult, Window
+from ddpinfer.parts import build_table, write_part
+
+POLL_S = 0.2
+
+
+class WindowFeed:
+    """Windows produced by ``make(units)`` for each window of units ``claim()`` hands out."""
+
+    def __init__(
+        self,
+        claim: Callable[[], list[int]],
+        make: Callable[[list[int]], Window],
+        check_stop: Callable[[], None],
+    ) -> None:
+        self._claim = claim
+        self._make = make
+        self._check_stop = check_stop
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._wanted = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._produce, name="ddpinfer-feed", daemon=True)
+
+    def __enter__(self) -> WindowFeed:
+        self._wanted.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._wanted.set()
+
+    def request_next(self) -> None:
+        """Start claiming and preparing the next window now."""
+        self._wanted.set()
+
+    def _produce(self) -> None:
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._closed:
+                    return
+                units = self._claim()
+                self._put(self._make(units) if units else None)
+                if not units:
+                    return
+        except BaseException as e:  # handed to the compute thread, which raises it
+            self._put(e)
+
+    def _put(self, item: Any) -> None:
+        while not self._closed:
+            try:
+                self._ready.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[Window]:
+        while True:
+            try:
+                item = self._ready.get(timeout=POLL_S)
+            except queue.Empty:
+                self._check_stop()
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class PartWriter:
+    """Encodes finished units as Arrow and writes their part files, off the compute thread."""
+
+    def __init__(self, run_dir: Path, on_written: Callable[[UnitResult], None] = lambda r: None):
+        self.run_dir = run_dir
+        self.on_written = on_written
+        self.done: list[int] = []
+        self._queue: queue.Queue[UnitResult | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="ddpinfer-writer", daemon=True)
+
+    def __enter__(self) -> PartWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        """Finish writing what was submitted (finished work is kept, also on errors)."""
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None:
+            self.check()
+
+    def submit(self, result: UnitResult) -> None:
+        self.check()
+        self._queue.put(result)
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _write(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                rows = [result.rows[i] for i in result.good]
+                table = build_table(
+                    [r.index for r in rows], [r.id for r in rows], result.columns, result.errors
+                )
+                write_part(self.run_dir, result.unit, table)
+                self.done.append(result.unit)
+                self.on_written(result)
+            except BaseException as e:
+                self._error = e
