@@ -28,7 +28,8 @@ def test_defaults_are_the_embedded_embedding_job():
     cfg = to_config(composed())
     assert isinstance(cfg, Config) and isinstance(cfg.task, EmbedTaskConfig)
     assert cfg.model.path is None and cfg.data.path is None  # the bundled model and sample
-    assert (cfg.task.pooling, cfg.task.normalize, cfg.batch_size) == ("mean", True, 32)
+    assert (cfg.task.pooling, cfg.task.normalize, cfg.batch_size) == ("mean", True, 256)
+    assert cfg.batch.max_tokens is None  # from the device: 1024 on CPU, 16384 on CUDA
 
 
 def test_hydra_does_not_invent_per_rank_directories():

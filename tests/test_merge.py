@@ -1,18 +1,26 @@
 import json
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ddpinfer.merge import MergeError, merge_parts
-from ddpinfer.parts import finished_units, part_path, write_part
+from ddpinfer.merge import MergeError, ids_path, merge_parts
+from ddpinfer.parts import build_table, finished_units, part_path, read_part, write_part
 
 
-def write_units(run_dir, units, skip=(), tweak=None):
+def write_units(run_dir, units, skip=(), ids=lambda r: f"id{r}", errors=()):
     for i, unit in enumerate(units):
         if i in skip:
             continue
-        records = [{"row": r, "id": f"id{r}", "value": r * 10} for r in unit]
-        write_part(run_dir, i, tweak(i, records) if tweak else records)
+        good = [r for r in unit if r not in errors]
+        bad = [{"row": r, "id": ids(r), "error": "bad"} for r in unit if r in errors]
+        columns = {"value": np.array([r * 10 for r in good], np.float32)}
+        write_part(run_dir, i, build_table(good, [ids(r) for r in good], columns, bad))
+
+
+def read_lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def test_merge_writes_every_row_once_in_order(tmp_path):
@@ -21,17 +29,63 @@ def test_merge_writes_every_row_once_in_order(tmp_path):
     assert finished_units(tmp_path) == {0, 1}
     out = tmp_path / "out.jsonl"
     assert merge_parts(tmp_path, units, out, "jsonl").written == 5
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert lines == [{"id": f"id{r}", "value": r * 10} for r in range(5)]
+    assert read_lines(out) == [{"id": f"id{r}", "value": r * 10} for r in range(5)]
 
 
-def test_merge_to_parquet(tmp_path):
+def test_parts_are_binary_float32_columns(tmp_path):
+    embeddings = np.random.default_rng(0).random((4, 8), dtype=np.float32)
+    write_part(tmp_path, 0, build_table(range(4), list(range(4)), {"embedding": embeddings}, []))
+    table, errors = read_part(part_path(tmp_path, 0))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
+    assert table.schema.field("id").type == pa.int64() and errors == []
+    stored = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(4, 8)
+    np.testing.assert_array_equal(stored, embeddings)
+
+
+def test_jsonl_writes_float32_in_shortest_form(tmp_path):
+    values = np.array([[0.1, 1 / 3]], np.float32)
+    write_part(tmp_path, 0, build_table([0], [0], {"embedding": values}, []))
+    merge_parts(tmp_path, [range(1)], tmp_path / "out.jsonl", "jsonl")
+    assert (tmp_path / "out.jsonl").read_text() == '{"id":0,"embedding":[0.1,0.33333334]}\n'
+
+
+def test_merge_to_parquet_keeps_float32_lists(tmp_path):
     units = [range(0, 3), range(3, 5)]
-    write_units(tmp_path, units)
+    rng = np.random.default_rng(0)
+    for i, unit in enumerate(units):
+        emb = rng.random((len(unit), 16), dtype=np.float32)
+        write_part(tmp_path, i, build_table(unit, [f"id{r}" for r in unit], {"embedding": emb}, []))
     merge_parts(tmp_path, units, tmp_path / "out.parquet", "parquet")
-    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == [
-        f"id{r}" for r in range(5)
-    ]
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("id").to_pylist() == [f"id{r}" for r in range(5)]
+    assert table.schema.field("embedding").type.value_type == pa.float32()
+
+
+def test_mixed_id_types_keep_their_type_in_jsonl_and_become_strings_in_parquet(tmp_path):
+    units = [range(0, 2), range(2, 4)]
+    ids = {0: 7, 1: "b", 2: 9, 3: 10}.__getitem__  # unit 0 mixed, unit 1 all integers
+    write_units(tmp_path, units, ids=ids)
+    merge_parts(tmp_path, units, tmp_path / "out.jsonl", "jsonl")
+    assert [r["id"] for r in read_lines(tmp_path / "out.jsonl")] == [7, "b", 9, 10]
+    merge_parts(tmp_path, units, tmp_path / "out.parquet", "parquet")
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["7", "b", "9", "10"]
+
+
+def test_npy_output_is_one_matrix_in_input_order_with_ids_beside_it(tmp_path):
+    units = [range(0, 3), range(3, 6)]
+    rng = np.random.default_rng(1)
+    expected = rng.random((6, 4), dtype=np.float32)
+    for i, unit in enumerate(units):
+        good = [r for r in unit if r != 4]
+        errors = [{"row": 4, "id": "d4", "error": "bad"}] if 4 in unit else []
+        table = build_table(good, [f"d{r}" for r in good], {"embedding": expected[good]}, errors)
+        write_part(tmp_path, i, table)
+    out = tmp_path / "emb.npy"
+    summary = merge_parts(tmp_path, units, out, "npy")
+    assert (summary.written, summary.errors) == (5, 1)
+    np.testing.assert_array_equal(np.load(out), expected[[0, 1, 2, 3, 5]])
+    assert ids_path(out).name == "emb.ids.jsonl"
+    assert [r["id"] for r in read_lines(ids_path(out))] == ["d0", "d1", "d2", "d3", "d5"]
 
 
 def test_missing_unit_is_named_and_no_output_is_left(tmp_path):
@@ -40,32 +94,26 @@ def test_missing_unit_is_named_and_no_output_is_left(tmp_path):
     out = tmp_path / "out.jsonl"
     with pytest.raises(MergeError, match=r"unit 1 \(rows 3-4\)"):
         merge_parts(tmp_path, units, out, "jsonl")
-    assert not out.exists() and not list(tmp_path.glob(".out.jsonl.tmp*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
 
 
 def test_duplicate_row_is_named(tmp_path):
-    units = [range(0, 3)]
-    write_units(tmp_path, units, tweak=lambda i, recs: recs + [recs[1]])
-    with pytest.raises(MergeError, match=r"duplicated ids \['id1'\]") as e:
-        merge_parts(tmp_path, units, tmp_path / "out.jsonl", "jsonl")
-    assert str(part_path(tmp_path, 0)) in str(e.value)
+    write_part(tmp_path, 0, build_table([0, 1, 1], ["a", "b", "b"], {"v": [1, 2, 2]}, []))
+    with pytest.raises(MergeError, match=r"duplicated ids \['b'\]") as e:
+        merge_parts(tmp_path, [range(0, 3)], tmp_path / "out.jsonl", "jsonl")
+    assert str(part_path(tmp_path, 0)) in str(e.value) and "missing rows [2]" in str(e.value)
 
 
 def test_error_records_go_to_the_errors_file_not_the_output(tmp_path):
-    units = [range(0, 3)]
-    write_part(
-        tmp_path,
-        0,
-        [
-            {"row": 0, "id": "a", "value": 1},
-            {"row": 1, "id": "b", "error": "bad"},
-            {"row": 2, "id": "c", "value": 3},
-        ],
-    )
-    summary = merge_parts(tmp_path, units, tmp_path / "out.jsonl", "jsonl")
+    write_units(tmp_path, [range(0, 3)], ids="abc".__getitem__, errors={1})
+    summary = merge_parts(tmp_path, [range(0, 3)], tmp_path / "out.jsonl", "jsonl")
     assert (summary.written, summary.errors) == (2, 1)
-    assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [
-        "a",
-        "c",
-    ]
+    assert [r["id"] for r in read_lines(tmp_path / "out.jsonl")] == ["a", "c"]
     assert json.loads(summary.errors_path.read_text()) == {"row": 1, "id": "b", "error": "bad"}
+
+
+def test_a_unit_whose_every_input_failed_merges_like_any_other(tmp_path):
+    write_units(tmp_path, [range(0, 2), range(2, 4)], errors={2, 3})
+    summary = merge_parts(tmp_path, [range(0, 2), range(2, 4)], tmp_path / "o.parquet", "parquet")
+    assert (summary.written, summary.errors) == (2, 2)
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 2

@@ -35,8 +35,8 @@ def test_injected_oom_splits_batches_and_gives_identical_embeddings(
         [r["embedding"] for r in clean], [r["embedding"] for r in oom], atol=1e-5
     )
     log = next((tmp_path / "runs").glob("oom-*/logs/rank0.log")).read_text()
-    assert "out of memory at batch size 8; going on with 4" in log
-    assert "out of memory at batch size 4; going on with 2" in log
+    assert "out of memory at 8 inputs" in log  # batch_size=8: the first batch
+    assert "now go at most 2 per batch" in log  # fault.oom_above=2: the budget shrank to fit
 
 
 def test_injected_oom_in_generation_gives_identical_text(tmp_path, gpt2_generator):

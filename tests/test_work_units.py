@@ -1,54 +1,80 @@
+import threading
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpinfer.batching import longest_first
-from ddpinfer.work_units import assign, auto_unit_size, plan_units, split_rows
+from ddpinfer.work_units import UnitClaims, auto_unit_size, local_counter, plan_units, split_rows
+
+
+def claim_all(pending, unit_size, world_size, max_rows, ranks_in_turn):
+    """Windows claimed by ranks taking turns as given, from one shared counter."""
+    counter = local_counter()
+    claims = [UnitClaims(pending, unit_size, world_size, max_rows, counter) for _ in ranks_in_turn]
+    windows = {r: [] for r in set(ranks_in_turn)}
+    for r in ranks_in_turn:
+        windows[r].append(claims[r].next())
+    return windows
 
 
 @given(
-    num_rows=st.integers(0, 5000),
-    unit_size=st.one_of(st.none(), st.integers(1, 700)),
+    num_units=st.integers(0, 300),
     world_size=st.integers(1, 8),
+    max_rows=st.integers(1, 5000),
+    turns=st.lists(st.integers(0, 7), min_size=1, max_size=400),
 )
-def test_every_row_goes_to_exactly_one_rank(num_rows, unit_size, world_size):
-    units = plan_units(num_rows, unit_size)
-    rows = []
-    for rank in range(world_size):
-        mine = assign(len(units), rank, world_size)
-        for unit in (units[i] for i in mine):
-            rows.extend(unit)
-    assert sorted(rows) == list(range(num_rows))  # complete, disjoint, no duplicates
-    assert len(rows) == len(set(rows))
+def test_every_pending_unit_is_claimed_exactly_once(num_units, world_size, max_rows, turns):
+    pending = [u for u in range(num_units) if u % 7 != 3]  # some units were done earlier
+    turns = [t % world_size for t in turns] + list(range(world_size)) * (num_units + 1)
+    windows = claim_all(pending, 64, world_size, max_rows, turns)
+    claimed = [u for ws in windows.values() for w in ws for u in w]
+    assert sorted(claimed) == pending  # complete, disjoint
+    for ws in windows.values():
+        for w in ws:
+            assert w == sorted(w) and len(w) <= max(1, max_rows // 64)
 
 
-@given(num_items=st.integers(0, 1000), world_size=st.integers(1, 8))
-def test_shares_are_contiguous_and_balanced(num_items, world_size):
-    shares = [assign(num_items, r, world_size) for r in range(world_size)]
-    assert [s.start for s in shares[1:]] == [s.stop for s in shares[:-1]]
-    assert shares[0].start == 0 and shares[-1].stop == num_items
-    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+def test_windows_shrink_to_single_units_at_the_end():
+    windows = claim_all(list(range(64)), 64, 2, 100_000, [0, 1] * 40)
+    sizes = [len(w) for r in (0, 1) for w in windows[r] if w]
+    assert max(sizes) == 16  # a quarter of what is left, with two ranks
+    assert sorted(sizes)[:4] == [1, 1, 1, 1]
+    assert sum(sizes) == 64
+
+
+def test_concurrent_claims_from_threads_never_overlap():
+    lock = threading.Lock()
+    value = 0
+
+    def add(n):
+        nonlocal value
+        with lock:
+            value += n
+            return value
+
+    pending = list(range(500))
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def worker(rank):
+        claims = UnitClaims(pending, 64, 4, 4096, add)
+        while window := claims.next():
+            got[rank].extend(window)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(u for g in got for u in g) == pending
 
 
 def test_unit_boundaries_do_not_depend_on_world_size():
     # Units are what resume keys on, so they must follow from the rows alone.
     assert plan_units(100, 16) == [range(i, min(i + 16, 100)) for i in range(0, 100, 16)]
-    assert auto_unit_size(10) == 16 and auto_unit_size(10**9) == 4096
-
-
-def test_fewer_units_than_ranks_leaves_ranks_idle():
-    assert [len(assign(2, r, 4)) for r in range(4)] == [1, 1, 0, 0]
+    assert auto_unit_size(10) == 64 and auto_unit_size(10**9) == 4096
+    assert auto_unit_size(4096) == 64 and auto_unit_size(100_000) == 512
 
 
 def test_split_rows_skips_rows_between_units():
     units = [range(2, 4), range(6, 9)]
     assert list(split_rows(iter(range(2, 9)), units)) == [[2, 3], [6, 7, 8]]
     assert list(split_rows(iter([]), [])) == []
-
-
-@given(lengths=st.lists(st.integers(1, 50), max_size=100))
-def test_longest_first_is_a_stable_permutation(lengths):
-    order = longest_first(lengths)
-    assert sorted(order) == list(range(len(lengths)))
-    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
-    for a, b in zip(order, order[1:]):  # equal lengths keep input order
-        assert lengths[a] > lengths[b] or a < b

@@ -19,6 +19,10 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+TIGHT = 0.95
+"""Share of real (not padding) tokens a batch keeps once it is large enough."""
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     max_rows: int
@@ -26,21 +30,29 @@ class BatchLimits:
 
 
 def plan_batches(costs: Sequence[int], limits: BatchLimits) -> list[list[int]]:
-    """Positions into ``costs``, longest first, cut greedily so that each batch has at most
-    ``max_rows`` rows and ``rows × widest <= max_tokens``. An input wider than the whole budget
-    gets a batch of its own."""
+    """Positions into ``costs``, longest first, cut greedily: a batch holds at most
+    ``max_rows`` rows and ``rows × widest <= max_tokens``; once it holds a quarter of the token
+    budget (enough to keep the device busy), it is also cut before an input that would bring its
+    share of real tokens below ``TIGHT``. An input wider than the budget gets a batch alone."""
     batches: list[list[int]] = []
     current: list[int] = []
-    width = 0
+    width = real = 0
     for i in longest_first(costs):
+        rows = len(current) + 1
         if current and (
-            len(current) >= limits.max_rows or (len(current) + 1) * width > limits.max_tokens
+            rows > limits.max_rows
+            or rows * width > limits.max_tokens
+            or (
+                len(current) * width * 4 >= limits.max_tokens
+                and real + costs[i] < TIGHT * rows * width
+            )
         ):
             batches.append(current)
             current = []
         if not current:
-            width = costs[i]
+            width, real = costs[i], 0
         current.append(i)
+        real += costs[i]
     if current:
         batches.append(current)
     return batches

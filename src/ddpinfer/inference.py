@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,29 +128,39 @@ class WindowRunner:
         self.fault = fault
         self.rank = rank
         self.stats = Throughput()
+        self._busy_s = 0.0
+        self._busy_tokens = 0
 
     def run(
         self,
         window: Window,
         unit_done: Callable[[UnitResult], None],
         near_end: Callable[[], None] = lambda: None,
+        lead_s: float = 0.0,
     ) -> None:
         """Run every batch of ``window``; ``unit_done`` gets each unit as soon as all of its rows
-        are done; ``near_end`` is called once, when the last quarter of the batches starts (time
-        to prepare the next window)."""
+        are done; ``near_end`` is called once, when about ``lead_s`` seconds of compute are left
+        (time to claim and prepare the next window, and no earlier: a claim taken too soon is
+        work another rank could have done)."""
         outputs: dict[int, tuple[dict[str, Any], int]] = {}  # position -> (columns, index)
         errors = dict(window.errors)
         left, unit_of = self._unit_counts(window, errors)
         for unit_index, count in enumerate(left):
             if count == 0:
                 unit_done(self._assemble(window, unit_index, outputs, errors))
+        sizes = [c["input_ids"].numel() if "input_ids" in c else 1 for c in window.collated]
+        tokens_left = sum(sizes)
         signalled = False
         for n, (batch, collated) in enumerate(zip(window.batches, window.collated)):
-            if not signalled and n >= len(window.batches) * 3 // 4:
+            if not signalled and self._seconds_for(tokens_left, n == len(sizes) - 1) <= lead_s:
                 near_end()
                 signalled = True
             self.check_stop()
+            began = time.perf_counter()
             self._run_fitting(window, batch, collated, outputs, errors)
+            self._busy_s += time.perf_counter() - began
+            self._busy_tokens += sizes[n]
+            tokens_left -= sizes[n]
             for pos in batch:
                 u = unit_of[pos]
                 left[u] -= 1
@@ -157,6 +168,13 @@ class WindowRunner:
                     unit_done(self._assemble(window, u, outputs, errors))
         if not signalled:
             near_end()
+
+    def _seconds_for(self, tokens: int, last: bool) -> float:
+        """Estimated compute time of ``tokens`` padded tokens (0 for the last batch when
+        nothing has been measured yet)."""
+        if self._busy_tokens == 0:
+            return 0.0 if last else float("inf")
+        return tokens * self._busy_s / self._busy_tokens
 
     @staticmethod
     def _unit_counts(window: Window, errors: dict[int, str]) -> tuple[list[int], list[int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ class WindowFeed:
         self._wanted = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._produce, name="ddpinfer-feed", daemon=True)
+        self._prepare_s_per_row = 0.0
+        self._last_rows = 1
+
+    @property
+    def lead_s(self) -> float:
+        """How long before the current window ends to ask for the next one: twice what
+        preparing the last window took, scaled to its rows, plus a little."""
+        return 0.05 + 2 * self._prepare_s_per_row * self._last_rows
 
     def __enter__(self) -> WindowFeed:
         self._wanted.set()
@@ -58,9 +67,14 @@ class WindowFeed:
                 if self._closed:
                     return
                 units = self._claim()
-                self._put(self._make(units) if units else None)
                 if not units:
+                    self._put(None)
                     return
+                began = time.perf_counter()
+                window = self._make(units)
+                self._last_rows = max(1, window.num_rows)
+                self._prepare_s_per_row = (time.perf_counter() - began) / self._last_rows
+                self._put(window)
         except BaseException as e:  # handed to the compute thread, which raises it
             self._put(e)
 

@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import os
+import resource
 import sys
 import time
 import traceback
@@ -46,7 +47,7 @@ from ddpinfer.tasks import build_task
 
 log = logging.getLogger("ddpinfer")
 
-DEFAULT_MAX_TOKENS = {"cpu": 8192, "cuda": 16384}
+DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}
 """Padded tokens per forward pass when batch.max_tokens is unset (see benchmarks/)."""
 
 
@@ -113,6 +114,7 @@ def _run(
     task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
     started = time.perf_counter()
     done, stats = _run_units(cfg, env, run_dir, plan, task, check_stop) if task else ([], None)
+    _save_stats(run_dir, env.rank, stats or Throughput(), started)
     if liveness is not None:
         liveness.wait_all_done(check_stop)
         liveness.stop()  # from here on, ranks leave as they finish: no more heartbeats
@@ -159,7 +161,7 @@ def _run_units(
                 cfg.fault, env.rank, env.restart_count, started_units, len(window.units)
             )
             started_units += len(window.units)
-            runner.run(window, writer.submit, feed.request_next)
+            runner.run(window, writer.submit, feed.request_next, feed.lead_s)
             writer.check()
             elapsed = max(time.perf_counter() - start, 1e-9)
             log.info(
@@ -169,7 +171,6 @@ def _run_units(
                 runner.stats.inputs / elapsed,
                 runner.stats.real_tokens / max(1, runner.stats.padded_tokens),
             )
-    _save_stats(run_dir, env.rank, runner.stats, start)
     return writer.done, runner.stats
 
 
@@ -183,15 +184,21 @@ def batch_limits(cfg: Config, device: torch.device) -> BatchLimits:
 
 
 def _save_stats(run_dir: Path, rank: int, stats: Throughput, start: float) -> None:
-    """This rank's throughput, for the end-of-run summary and benchmarks."""
+    """This rank's inference phase (model loaded to last part written), for benchmarks."""
+    seconds = time.perf_counter() - start
     record = {
         **dataclasses.asdict(stats),
-        "seconds": time.perf_counter() - start,
-        "started_at": time.time() - (time.perf_counter() - start),
+        "seconds": seconds,
+        "started_at": time.time() - seconds,
         "finished_at": time.time(),
+        "peak_rss_mb": _peak_rss_mb(),
     }
     with atomic_text(run_dir / "stats" / f"rank{rank}.json") as f:
         json.dump(record, f)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
@@ -200,7 +207,11 @@ def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
 
 
 def _merge(run_dir: Path, plan: Plan, started: float) -> None:
+    merge_began = time.perf_counter()
     summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
+    record = {"seconds": time.perf_counter() - merge_began, "peak_rss_mb": _peak_rss_mb()}
+    with atomic_text(run_dir / "stats" / "merge.json") as f:
+        json.dump(record, f)
     log.info(
         "done: %d input(s), %d written to %s, %d error(s)%s; %.1fs",
         plan.units[-1].stop,

