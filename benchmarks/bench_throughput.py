@@ -77,7 +77,7 @@ import json, sys, time, torch
 from sentence_transformers import SentenceTransformer
 torch.set_num_threads(int(sys.argv[3]))
 texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
-model = SentenceTransformer(sys.argv[2], device="cpu")
+model = SentenceTransformer(sys.argv[2], device="cuda" if torch.cuda.is_available() else "cpu")
 began = time.perf_counter()
 model.encode(texts, batch_size=32)
 print(time.perf_counter() - began)

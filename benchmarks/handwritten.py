@@ -25,7 +25,9 @@ share = len(texts) // world + 1
 start = rank * share
 mine = texts[start : start + share]
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModel.from_pretrained(model_dir).eval()
+local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0))
+device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+model = AutoModel.from_pretrained(model_dir).eval().to(device)
 dist.barrier()
 began = time.time()
 ids = tokenizer(mine, truncation=True, max_length=256)["input_ids"]
@@ -38,13 +40,15 @@ with torch.inference_mode():
         batch = [ids[i] for i in order[b : b + 32]]
         if forward_limit:
             batch = [x[: min(map(len, batch))] for x in batch]
-        enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
+        enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
         hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
         for i, v in zip(order[b : b + 32], pooled.tolist()):
             out[i] = v
         real, padded = real + int(mask.sum()), padded + mask.numel()
+if device.type == "cuda":
+    torch.cuda.synchronize()
 gathered = [None] * world if rank == 0 else None
 dist.gather_object(out, gathered, dst=0)
 finished = time.time()

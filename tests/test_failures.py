@@ -43,7 +43,7 @@ def job(tmp_path, bert_embedder):
 
 
 def parts(tmp_path):
-    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.jsonl"))
+    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
 
 
 def assert_complete(tmp_path):

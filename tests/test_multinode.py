@@ -55,7 +55,7 @@ def test_two_nodes_without_a_shared_filesystem(tmp_path, base_args):
         [r["embedding"] for r in ours], [r["embedding"] for r in reference], atol=1e-5
     )
     # rank 0's node received every part; the other node kept only its own.
-    main_parts = list((outputs[0].parent / "run" / "parts").glob("unit-*.jsonl"))
+    main_parts = list((outputs[0].parent / "run" / "parts").glob("unit-*.arrow"))
     assert len(main_parts) == 6
 
 

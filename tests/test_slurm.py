@@ -188,7 +188,7 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
     job = subprocess.run(
         cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=60
     ).stdout.strip()
-    parts = lambda: list(work.glob("runs/*/parts/unit-*.jsonl"))  # noqa: E731
+    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
 
     def job_field(name: str) -> str:
         info = subprocess.run(

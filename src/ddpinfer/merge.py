@@ -127,16 +127,13 @@ class JsonlWriter:
         self.file = open(tmp, "wb")
 
     def write(self, table: pa.Table) -> None:
-        ids = python_ids(table)
-        fields = _task_fields(table)
-        columns = [_json_values(table.column(name)) for name in fields]
+        keys = ("id", *_task_fields(table))
+        columns = [python_ids(table), *(_json_values(table.column(k)) for k in keys[1:])]
         option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
         dumps = orjson.dumps
-        lines = [
-            dumps({"id": id_, **dict(zip(fields, values))}, option=option)
-            for id_, *values in zip(ids, *columns)
-        ]
-        self.file.write(b"".join(lines))
+        self.file.write(
+            b"".join([dumps(dict(zip(keys, row)), option=option) for row in zip(*columns)])
+        )
 
     def close(self) -> None:
         self.file.close()

@@ -93,7 +93,12 @@ def _check_writable(folder: Path) -> None:
         ) from None
 
 
-def _local_checks(cfg: Config, env: LaunchEnv, output: Path) -> inputs.InputSpec:
+def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs.InputSpec:
+    if fmt == "npy" and cfg.task.name != "embed":
+        raise UserError(
+            f"output.format=npy holds embeddings, but task={cfg.task.name}. "
+            "HINT: use output.format=jsonl or parquet (or an output.path ending in one of those)."
+        )
     spec = input_spec(cfg)
     check_model_path(model_path(cfg))
     if env.is_main:
@@ -145,7 +150,7 @@ def preflight(
     output: Path,
     output_format: str,
 ) -> Plan:
-    spec = agreed(group, lambda: _local_checks(cfg, env, output))
+    spec = agreed(group, lambda: _local_checks(cfg, env, output, output_format))
     plan = agreed(group, lambda: _plan_on_main(cfg, spec, run_dir) if env.is_main else None)
     plan = group.broadcast_object(plan)
     units = work_units.plan_units(plan["num_rows"], plan["unit_size"])

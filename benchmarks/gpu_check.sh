@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU checks, in one short run (under 5 minutes on one H100/H200): the GPU tests, then the
+# throughput ratios against the hand-written script and SentenceTransformer.encode on the GPU.
+#   bash benchmarks/gpu_check.sh            # from the repository root, with the venv installed
+set -uo pipefail
+PY=${PY:-.venv/bin/python}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -m pytest -q -m "gpu or multigpu" tests/ -p no:cacheprovider
+"$PY" benchmarks/bench_throughput.py --nproc "${NPROC:-1}" --rows "${ROWS:-32768}" --reps 3
+"$PY" benchmarks/bench_generate.py --prompts 512 --new-tokens 32

@@ -1,0 +1,101 @@
+"""Work claimed on demand, batches by token budget, tokenization once, binary outputs: none of it
+may change a result. Real torchrun processes on CPU over a tiny model."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
+
+from ddpinfer.batching import BatchLimits
+from ddpinfer.config import Config, EmbedTaskConfig, FaultConfig, ModelConfig
+from ddpinfer.inference import WindowRunner, prepare_window
+from ddpinfer.inputs import Row
+from ddpinfer.tasks import build_task
+
+N = 40
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'and more ' * (i % 7)}#{i}" for i in range(N)]
+    return write_jsonl(tmp_path / "in.jsonl", texts)
+
+
+def embed(tmp_path, model, name, *extra, nproc=None):
+    out = tmp_path / name
+    args = [f"model.path={model}", "data.path=in.jsonl", "data.id_field=uid",
+            f"output.path={out}", f"run.name={name}", *extra]  # fmt: skip
+    return check(launch(args, nproc=nproc, cwd=tmp_path)), out
+
+
+def rank_stats(tmp_path, name, world):
+    return [json.loads((tmp_path / "runs" / name / "stats" / f"rank{r}.json").read_text())
+            for r in range(world)]  # fmt: skip
+
+
+def embeddings(path):
+    return np.array([r["embedding"] for r in read_jsonl(path)])
+
+
+@pytest.mark.slow
+def test_a_slow_rank_takes_fewer_units_and_results_do_not_change(tmp_path, corpus, bert_embedder):
+    _, reference = embed(tmp_path, bert_embedder, "one.jsonl")
+    slow = ["data.unit_size=2", "batch_size=2", "fault.slow_rank=1", "fault.delay_s=0.25"]
+    _, out = embed(tmp_path, bert_embedder, "slow.jsonl", *slow, nproc=2)
+    fast, slow_rank = rank_stats(tmp_path, "slow.jsonl", 2)
+    assert fast["inputs"] + slow_rank["inputs"] == N
+    assert fast["inputs"] >= 2 * slow_rank["inputs"] > 0  # shares follow speed
+    assert [r["id"] for r in read_jsonl(out)] == [f"doc-{i}" for i in range(N)]
+    np.testing.assert_allclose(embeddings(out), embeddings(reference), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_npy_and_parquet_outputs_hold_the_same_float32_embeddings(tmp_path, corpus, bert_embedder):
+    _, reference = embed(tmp_path, bert_embedder, "ref.jsonl", "batch.max_tokens=64")
+    _, npy = embed(tmp_path, bert_embedder, "emb.npy", "data.unit_size=8", nproc=2)
+    matrix = np.load(npy)
+    assert matrix.dtype == np.float32 and matrix.shape == (N, 32)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "emb.ids.jsonl").open()]
+    assert ids == [f"doc-{i}" for i in range(N)]
+    np.testing.assert_allclose(matrix, embeddings(reference), atol=1e-5)
+    _, parquet = embed(tmp_path, bert_embedder, "emb.parquet", "batch_size=3", nproc=2)
+    table = pq.read_table(parquet)
+    assert table.schema.field("embedding").type.value_type == pa.float32()
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), matrix, atol=1e-5)
+
+
+def test_npy_output_is_refused_for_tasks_without_embeddings(tmp_path, corpus, gpt2_generator):
+    result = launch([f"model.path={gpt2_generator}", "task=generate", "data.path=in.jsonl",
+                     "output.path=out.npy"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "output.format=npy holds embeddings" in result.stderr
+
+
+def test_every_text_is_tokenized_once(bert_embedder):
+    task = build_task(Config(task=EmbedTaskConfig(), model=ModelConfig(path=str(bert_embedder))),
+                      torch.device("cpu"))  # fmt: skip
+    seen: list[str] = []
+
+    class CountingTokenizer:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, texts, *args, **kwargs):
+            seen.extend(texts if isinstance(texts, list) else [texts])
+            return self.inner(texts, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    task.tokenizer = CountingTokenizer(task.tokenizer)
+    rows = [Row(i, i, t) for i, t in enumerate(TEXTS * 3)]
+    limits = BatchLimits(max_rows=4, max_tokens=64)
+    window = prepare_window(task, [0, 1], [rows[:20], rows[20:]], limits)
+    done = []
+    WindowRunner(task, limits, lambda: None, FaultConfig()).run(window, done.append)
+    assert sorted(seen) == sorted(r.text for r in rows)  # each text exactly once
+    assert [d.unit for d in done] and sorted(d.unit for d in done) == [0, 1]
+    assert sum(len(d.good) for d in done) == len(rows)
