@@ -79,7 +79,7 @@ def test_a_raising_rank_is_named_and_the_job_fails_in_bounded_time(job):
     tmp_path, args = job
     began = time.monotonic()
     procs = start_ranks(
-        [*args, *FAST_LIVENESS, "fault.rank=2", "fault.at_unit=1", "fault.delay_s=0.3"], 3, tmp_path
+        [*args, *FAST_LIVENESS, "fault.rank=2", "fault.at_unit=2", "fault.delay_s=0.3"], 3, tmp_path
     )
     codes = wait_all(procs, timeout=120)
     logs = rank_logs(tmp_path, 3)
