@@ -80,3 +80,16 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(InputError, match="data.format"):
         open_spec(str(tmp_path / "x.dat"), "auto", "text", None)
     assert open_spec(str(tmp_path / "x.dat"), "text", "text", None).format == "text"
+
+
+def test_row_stream_reads_ascending_windows_in_one_pass(tmp_path):
+    from ddpinfer.inputs import RowStream
+
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
+    stream = RowStream(open_spec(str(p), "auto", "text", None))
+    assert [r.index for r in stream.read(range(2, 5))] == [2, 3, 4]
+    assert [r.index for r in stream.read(range(5, 6))] == [5]
+    assert [r.text for r in stream.read(range(9, 12))] == ["t9", "t10", "t11"]
+    assert [r.index for r in stream.read(range(18, 25))] == [18, 19]
+    assert [r.index for r in stream.read(range(0, 2))] == [0, 1]  # backwards: starts over

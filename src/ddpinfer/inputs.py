@@ -250,3 +250,24 @@ def scan(spec: InputSpec) -> InputScan:
     if num_rows == 0:
         raise InputError(f"{spec.path}: the file holds no inputs. HINT: check data.path.")
     return InputScan(num_rows, bad, duplicates)
+
+
+class RowStream:
+    """One forward pass over the inputs for a rank's ascending windows of rows: each call reads
+    on from where the last stopped, so a rank reads the file once, not once per window."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self._rows: Iterator[Row] | None = None
+        self._next = 0
+
+    def read(self, rows: range) -> Iterator[Row]:
+        """The rows in ``rows``, which must start at or after the end of the previous call's."""
+        if self._rows is None or rows.start < self._next:
+            self._rows, self._next = read_rows(self.spec, range(rows.start, 2**62)), rows.start
+        for row in self._rows:
+            self._next = row.index + 1
+            if row.index >= rows.start:
+                yield row
+            if self._next >= rows.stop:
+                return

@@ -26,7 +26,7 @@ from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.errors import UserError
 from ddpinfer.inference import Throughput, Window, WindowRunner, prepare_window
-from ddpinfer.inputs import Row, read_rows
+from ddpinfer.inputs import Row, RowStream
 from ddpinfer.liveness import Liveness
 from ddpinfer.logs import setup_logging
 from ddpinfer.merge import merge_parts, output_format
@@ -144,10 +144,11 @@ def _run_units(
     )
     runner = WindowRunner(task, limits, check_stop, cfg.fault, env.rank)
     pin = task.device.type == "cuda"
+    inputs = RowStream(plan.spec)
 
     def make_window(units: list[int]) -> Window:
         ranges = [plan.units[u] for u in units]
-        stream = read_rows(plan.spec, range(ranges[0].start, ranges[-1].stop))
+        stream = inputs.read(range(ranges[0].start, ranges[-1].stop))
         rows = [
             [_mark_bad(r, plan.bad_rows) for r in unit_rows]
             for unit_rows in work_units.split_rows(stream, ranges)
