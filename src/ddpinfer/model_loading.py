@@ -52,6 +52,26 @@ def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
         raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}{_hint(e)}") from e
 
 
+def load_processor(cfg: ModelConfig, path: str):
+    """The model's AutoProcessor (image processor + tokenizer + chat template), left padding."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelLoadError(f"model.path={path}: cannot load the processor: {e}{_hint(e)}") from e
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or not hasattr(processor, "image_processor"):
+        raise ModelLoadError(
+            f"model.path={path}: {type(processor).__name__} is not an image+text processor. "
+            "HINT: task=image_text needs a model folder with a processor for images and text."
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
     """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process)."""
     kwargs: dict[str, Any] = {}
