@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from ddpinfer import device_map
 from ddpinfer.config import ModelConfig
+from ddpinfer.device import replica_gpus
 from ddpinfer.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,22 +75,28 @@ def load_processor(cfg: ModelConfig, path: str):
 
 
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
-    """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process)."""
+    """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process),
+    or with model.gpus_per_replica=k, spread over the k GPUs starting at ``device``."""
     kwargs: dict[str, Any] = {}
     if cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = cfg.attn_implementation
+    dtype = torch_dtype(cfg.dtype, device)
     try:
+        if cfg.gpus_per_replica > 1 and device.type == "cuda":
+            gpus = replica_gpus(device, cfg.gpus_per_replica)
+            kwargs["device_map"] = device_map.plan_replica(auto_class, cfg, path, gpus, dtype)
         model = auto_class.from_pretrained(
-            path,
-            dtype=torch_dtype(cfg.dtype, device),
-            trust_remote_code=cfg.trust_remote_code,
-            **kwargs,
+            path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
     except (OSError, ValueError, ImportError) as e:
+        if isinstance(e, UserError):
+            raise
         raise ModelLoadError(
             f"model.path={path}: cannot load it as {auto_class.__name__}: {e}{_hint(e)}"
         ) from e
-    model = model.to(device).eval()
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    model = model.eval()
     if cfg.compile:
         # Only the forward is compiled; the module keeps its attributes (config, generate, ...).
         model.forward = torch.compile(model.forward, dynamic=True)

@@ -62,7 +62,7 @@ class RunResult:
 
 def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     env = launch_env.detect(environ)
-    device = resolve_device(cfg.device, env)
+    device = resolve_device(cfg.device, env, cfg.model.gpus_per_replica)
     pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
     setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
