@@ -2,52 +2,25 @@
 ``model.generate``; a missing image stops the run before model work, naming file and line; an
 image that does not decode is recorded as that input's error and the rest runs."""
 
-import json
-
-import numpy as np
 import pytest
 import torch
-from helpers import check, launch, read_jsonl, run_in_process
+from helpers import (
+    check,
+    launch,
+    read_jsonl,
+    run_in_process,
+    write_image,
+    write_image_inputs,
+    write_records,
+)
 from PIL import Image
 
 from ddpinfer.inputs import InputError
 
-PROMPTS = [
-    "describe the image",
-    "what colour is it? the quick brown fox jumps over the lazy dog",
-    "hello",
-    "the lazy dog",
-    "compare the two pictures",
-    "numbers like 12",
-    "a small model",
-]
-
-
-def write_image(path, seed, size):
-    pixels = np.random.RandomState(seed).randint(0, 255, (*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_records(tmp_path, records):
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
 
 @pytest.fixture
 def dataset(tmp_path):
-    """Relative, absolute and listed image paths; images of different sizes."""
-    (tmp_path / "img").mkdir()
-    records = []
-    for i, prompt in enumerate(PROMPTS):
-        first = write_image(tmp_path / "img" / f"{i}.png", i, (9 + i, 12 + 2 * i))
-        image = f"img/{i}.png" if i % 3 else str(first)
-        if i % 2:
-            second = write_image(tmp_path / "img" / f"{i}b.png", 100 + i, (16, 10))
-            image = [image, f"img/{second.name}"]
-        records.append({"uid": f"q{i}", "text": prompt, "image": image})
-    return write_records(tmp_path, records), records
+    return write_image_inputs(tmp_path)
 
 
 def args(tmp_path, model, data, out, *extra):
@@ -101,7 +74,7 @@ def test_two_ranks_batched_equal_per_record_generate(tmp_path, tiny_llava, datas
 def test_missing_image_fails_before_model_work_naming_file_and_line(tmp_path, dataset):
     data, records = dataset
     records[2]["image"] = "img/nowhere.png"
-    write_records(tmp_path, records)
+    write_records(tmp_path / "in.jsonl", records)
     not_a_model = tmp_path / "not-a-model"  # loading it would fail: the image check comes first
     not_a_model.mkdir()
     with pytest.raises(InputError, match=r"in.jsonl:3: field 'image': image 'img/nowhere.png' "):
@@ -114,7 +87,7 @@ def test_corrupt_and_missing_images_are_recorded_and_the_rest_runs(tmp_path, tin
     (tmp_path / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     records[1]["image"] = ["img/1.png", "img/corrupt.png"]
     records[4]["image"] = "img/gone.png"
-    write_records(tmp_path, records)
+    write_records(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
     result = run_in_process(args(tmp_path, tiny_llava, data, out, "data.on_error=skip"))
     ids = [r["id"] for r in read_jsonl(out)]
@@ -129,7 +102,7 @@ def test_without_chat_template_the_text_goes_in_as_is(tmp_path, tiny_llava, data
     data, records = dataset
     records = [{**r, "image": [r["image"]]} for r in records if isinstance(r["image"], str)]
     records = [{**r, "text": "<image>\n" + r["text"]} for r in records]
-    write_records(tmp_path, records)
+    write_records(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
     run_in_process(args(tmp_path, tiny_llava, data, out, "task.chat_template=false"))
     assert [r["id"] for r in read_jsonl(out)] == [r["uid"] for r in records]
