@@ -71,6 +71,19 @@ def test_two_ranks_batched_equal_per_record_generate(tmp_path, tiny_llava, datas
     assert any(text for text in expected)
 
 
+def test_sampling_is_seeded_per_row_whatever_the_batch(tmp_path, tiny_llava, dataset):
+    data, records = dataset
+    sample = ("task.do_sample=true", "task.top_k=20", "seed=5")
+    outputs = []
+    for name, batch in (("greedy", "batch_size=4"), ("s4", "batch_size=4"), ("s1", "batch_size=1")):
+        out = tmp_path / f"{name}.jsonl"
+        extra = (batch, *(sample if name != "greedy" else ()), f"run.name={name}")
+        run_in_process(args(tmp_path, tiny_llava, data, out, *extra))
+        outputs.append([r["generated_text"] for r in read_jsonl(out)])
+    greedy, batched, alone = outputs
+    assert batched == alone != greedy
+
+
 def test_missing_image_fails_before_model_work_naming_file_and_line(tmp_path, dataset):
     data, records = dataset
     records[2]["image"] = "img/nowhere.png"

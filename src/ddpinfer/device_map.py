@@ -256,8 +256,10 @@ def _fold(keys: list[str]) -> list[str]:
     return out
 
 
-def is_device_mix(error: BaseException) -> bool:
-    return DEVICE_MIX in str(error)
+def is_device_mix(error: BaseException, model: torch.nn.Module) -> bool:
+    """Did a model spread over several GPUs fail because two of its tensors met on two?"""
+    spread = len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1
+    return spread and DEVICE_MIX in str(error)
 
 
 def explain_device_mix(model: torch.nn.Module, error: BaseException) -> str:

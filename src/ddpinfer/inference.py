@@ -238,7 +238,7 @@ class WindowRunner:
             for i, pos in enumerate(batch):
                 outputs[pos] = (columns, i)
             return
-        if device_map.is_device_mix(failure):  # a placement problem, not a bad input
+        if device_map.is_device_mix(failure, self.task.model):  # placement, not a bad input
             raise device_map.DeviceMixError(
                 device_map.explain_device_mix(self.task.model, failure)
             ) from failure
