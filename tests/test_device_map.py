@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel
 
 from ddpinfer import device_map as dm
+from ddpinfer import device_mix as mix
 from ddpinfer.batching import BatchLimits
 from ddpinfer.config import FaultConfig, ModelConfig
 from ddpinfer.inference import WindowRunner, prepare_window
@@ -168,15 +169,15 @@ def test_the_device_mix_message_shows_the_map_and_the_fix():
         "resampler": 1,
     }
     assert "cuda:0: llm.model.embed_tokens, llm.model.layers.0-2" in dm.describe(device_map)
-    assert dm.suggest_colocate(device_map, "llm.lm_head") == [
+    assert mix.suggest_colocate(device_map, "llm.lm_head") == [
         "llm.model.embed_tokens",
         "vpm",
         "resampler",
     ]
     model = meta_minicpmv()
     model.hf_device_map = device_map
-    error = RuntimeError(f"{dm.DEVICE_MIX}, but found at least two devices, cuda:0 and cuda:1!")
-    message = dm.explain_device_mix(model, error)
+    error = RuntimeError(f"{mix.DEVICE_MIX}, but found at least two devices, cuda:0 and cuda:1!")
+    message = mix.explain_device_mix(model, error)
     assert "cuda:1: llm.model.layers.3-5" in message
     assert "HINT: " in message
     assert "model.colocate=[llm.model.embed_tokens,vpm,resampler]" in message
@@ -205,7 +206,7 @@ class MixedDevicesTask(Task):
         return pad_token_ids(items, 0)
 
     def __call__(self, batch, rows):
-        raise RuntimeError(f"{dm.DEVICE_MIX}, but found at least two devices, cuda:0 and cuda:3!")
+        raise RuntimeError(f"{mix.DEVICE_MIX}, but found at least two devices, cuda:0 and cuda:3!")
 
 
 def test_a_forward_mixing_devices_stops_the_run_with_the_map_not_as_bad_inputs():
@@ -224,5 +225,5 @@ def test_a_forward_mixing_devices_stops_the_run_with_the_map_not_as_bad_inputs()
     window = prepare_window(task, [0], rows, limits)
     runner = WindowRunner(task, limits, lambda: None, FaultConfig())
     message = r"(?s)cuda:1: .*vpm.*colocate=\[llm.model.embed_tokens,vpm,resampler\]"
-    with pytest.raises(dm.DeviceMixError, match=message):
+    with pytest.raises(mix.DeviceMixError, match=message):
         runner.run(window, lambda result: None)

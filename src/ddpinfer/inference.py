@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpinfer import device_map, faults
+from ddpinfer import device_mix, faults
 from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
@@ -238,9 +238,9 @@ class WindowRunner:
             for i, pos in enumerate(batch):
                 outputs[pos] = (columns, i)
             return
-        if device_map.is_device_mix(failure, self.task.model):  # placement, not a bad input
-            raise device_map.DeviceMixError(
-                device_map.explain_device_mix(self.task.model, failure)
+        if device_mix.is_device_mix(failure, self.task.model):  # placement, not a bad input
+            raise device_mix.DeviceMixError(
+                device_mix.explain_device_mix(self.task.model, failure)
             ) from failure
         if is_transient(failure):
             raise TransientError(
