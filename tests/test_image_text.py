@@ -17,6 +17,8 @@ from PIL import Image
 
 from ddpinfer.inputs import InputError
 
+UNIT_OF_1 = "data.unit_size=1"
+
 
 @pytest.fixture
 def dataset(tmp_path):
@@ -141,3 +143,29 @@ def test_image_field_is_read_from_csv_and_parquet_and_checked(tmp_path):
     assert row.fields == {"picture": [str(tmp_path / "a.png")] * 2}
     with pytest.raises(InputError, match="no column 'image'"):
         list(read_rows(open_spec(str(parquet), "auto", "text", None, False, (("image", None),))))
+
+
+def test_a_processor_without_chat_template_is_refused_before_the_model_loads(
+    tmp_path, tiny_llava, dataset
+):
+    import shutil
+
+    from ddpinfer.model_loading import ModelLoadError
+
+    data, _ = dataset
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_llava, bare)
+    (bare / "chat_template.jinja").unlink()
+    (bare / "model.safetensors").unlink()  # loading the model would fail differently
+    with pytest.raises(ModelLoadError, match=r"no chat template. HINT: set task.chat_template"):
+        run_in_process(args(tmp_path, bare, data, tmp_path / "out.jsonl"))
+
+
+def test_image_windows_are_capped(tmp_path, tiny_llava, dataset, monkeypatch):
+    from ddpinfer.tasks.image_text import ImageTextTask
+
+    data, _ = dataset  # 7 inputs in units of 1: an uncapped first window takes 4 units
+    monkeypatch.setattr(ImageTextTask, "window_rows", 3)
+    result = run_in_process(args(tmp_path, tiny_llava, data, tmp_path / "o.jsonl", UNIT_OF_1))
+    log = (result.run_dir / "logs" / "rank0.log").read_text()
+    assert "units 0-2 done" in log and "units 0-3 done" not in log
