@@ -27,3 +27,8 @@ def bert_classifier(models_dir) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_generator(models_dir) -> Path:
     return tiny_models.save_gpt2_generator(models_dir / "gpt2-generate")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(models_dir) -> Path:
+    return tiny_models.save_llava(models_dir / "llava")

@@ -33,6 +33,47 @@ def write_jsonl(path: Path, texts: list[str], id_prefix: str = "doc") -> Path:
     return path
 
 
+IMAGE_PROMPTS = [
+    "describe the image",
+    "what colour is it? the quick brown fox jumps over the lazy dog",
+    "hello",
+    "the lazy dog",
+    "compare the two pictures",
+    "numbers like 12",
+    "a small model",
+]
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int]) -> Path:
+    """A random RGB picture of ``size`` (height, width), saved in the format of its suffix."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.RandomState(seed).randint(0, 255, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def write_image_inputs(folder: Path) -> tuple[Path, list[dict]]:
+    """``folder/in.jsonl`` with a prompt and image(s) per record: relative, absolute and listed
+    paths to images of different sizes under ``folder/img``."""
+    (folder / "img").mkdir(exist_ok=True)
+    records = []
+    for i, prompt in enumerate(IMAGE_PROMPTS):
+        first = write_image(folder / "img" / f"{i}.png", i, (9 + i, 12 + 2 * i))
+        image: str | list[str] = f"img/{i}.png" if i % 3 else str(first)
+        if i % 2:
+            second = write_image(folder / "img" / f"{i}b.png", 100 + i, (16, 10))
+            image = [image, f"img/{second.name}"]
+        records.append({"uid": f"q{i}", "text": prompt, "image": image})
+    return write_records(folder / "in.jsonl", records), records
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f]

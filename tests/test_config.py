@@ -11,6 +11,7 @@ from ddpinfer.config import (
     Config,
     EmbedTaskConfig,
     GenerateTaskConfig,
+    ImageTextTaskConfig,
     register_configs,
     to_config,
 )
@@ -40,7 +41,12 @@ def test_hydra_does_not_invent_per_rank_directories():
 
 
 @pytest.mark.parametrize(
-    "task, schema", [("classify", ClassifyTaskConfig), ("generate", GenerateTaskConfig)]
+    "task, schema",
+    [
+        ("classify", ClassifyTaskConfig),
+        ("generate", GenerateTaskConfig),
+        ("image_text", ImageTextTaskConfig),
+    ],
 )
 def test_task_group_selects_its_schema(task, schema):
     cfg = to_config(composed(f"task={task}", "model.path=/m"))
@@ -76,11 +82,29 @@ def test_typos_and_wrong_types_are_rejected(override):
         ("device=gpu", "device='gpu' is not one of auto, cpu, cuda"),
         ("model.dtype=fp8", "model.dtype='fp8'"),
         ("task.pooling=max", "task.pooling='max'"),
+        ("model.gpus_per_replica=0", "model.gpus_per_replica=0 must be positive"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         to_config(composed(override))
+
+
+def test_image_text_and_replica_keys_reach_the_schema():
+    cfg = to_config(
+        composed(
+            "task=image_text",
+            "task.chat_template=false",
+            "data.image_field=pictures",
+            "model.gpus_per_replica=2",
+            "model.colocate=[vpm,resampler]",
+            "model.max_memory=30GiB",
+        )
+    )
+    assert cfg.task.chat_template is False and cfg.task.max_new_tokens == 64
+    assert cfg.data.image_field == "pictures"
+    assert (cfg.model.gpus_per_replica, cfg.model.colocate) == (2, ["vpm", "resampler"])
+    assert cfg.model.max_memory == "30GiB"
 
 
 def test_run_dir_follows_from_the_command_not_the_clock(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpinfer.device import DeviceError, resolve_device, set_cpu_threads
+from ddpinfer.device import DeviceError, replica_gpus, resolve_device, set_cpu_threads
 from ddpinfer.launch_env import LaunchEnv
 
 
@@ -43,3 +43,44 @@ def test_cpu_threads_are_shared_between_the_processes_of_a_node(monkeypatch):
         assert set_cpu_threads(3, 4) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def slurm_env(local_rank, local_world_size, gpus_per_task):
+    return LaunchEnv(
+        launcher="slurm",
+        rank=local_rank,
+        local_rank=local_rank,
+        world_size=local_world_size,
+        local_world_size=local_world_size,
+        gpus_per_task=gpus_per_task,
+    )
+
+
+def test_replicas_of_k_gpus_take_consecutive_gpus_from_their_local_rank():
+    # indices count after CUDA_VISIBLE_DEVICES: with 4,5,6,7 visible, cuda:2 is GPU 6
+    first = resolve_device("auto", env(1, 2), 2, cuda_available=True, device_count=4)
+    assert first == torch.device("cuda", 2)
+    assert replica_gpus(first, 2) == [2, 3]
+    assert resolve_device("cuda", env(3, 4), 2, cuda_available=True, device_count=8).index == 6
+
+
+def test_a_task_bound_to_exactly_k_gpus_uses_them_all():
+    device = resolve_device("auto", slurm_env(3, 4, 2), 2, cuda_available=True, device_count=2)
+    assert device == torch.device("cuda", 0)
+    # bound per node, not per task: every task sees all 8, so local rank decides
+    device = resolve_device("auto", slurm_env(3, 4, None), 2, cuda_available=True, device_count=8)
+    assert device == torch.device("cuda", 6)
+
+
+def test_more_processes_times_k_than_gpus_says_what_to_set():
+    with pytest.raises(DeviceError, match=r"4 processes x model.gpus_per_replica=2 .* 8 GPUs .*"):
+        resolve_device("auto", env(0, 4), 2, cuda_available=True, device_count=6)
+    with pytest.raises(DeviceError, match=r"HINT: start 3 process\(es\) per node"):
+        resolve_device("auto", env(0, 4), 2, cuda_available=True, device_count=6)
+    with pytest.raises(DeviceError, match=r"HINT: set model.gpus_per_replica=2 or less"):
+        resolve_device("auto", env(0, 1), 4, cuda_available=True, device_count=2)
+
+
+def test_k_gpus_per_replica_needs_cuda():
+    with pytest.raises(DeviceError, match="model.gpus_per_replica=1"):
+        resolve_device("auto", env(), 2, cuda_available=False)

@@ -88,3 +88,19 @@ def test_real_cuda_oom_splits_batches_and_matches_cpu(tmp_path, bert_embedder):
     a, b = read_jsonl(tmp_path / "cpu.jsonl"), read_jsonl(tmp_path / "gpu.jsonl")
     assert len(b) == 4096
     np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-4)
+
+
+def test_image_text_on_one_gpu(tmp_path, tiny_llava):
+    from helpers import write_image_inputs
+
+    _, records = write_image_inputs(tmp_path)
+    common = ("model.dtype=float32", "data.id_field=uid", "task.max_new_tokens=6")
+    _, cpu = run(tmp_path, "vlm-cpu", tiny_llava, "image_text", "device=cpu", *common)
+    result, gpu = run(tmp_path, "vlm-gpu", tiny_llava, "image_text", "device=cuda", *common)
+    check(result)
+    assert "on cuda" in result.stderr
+    a, b = read_jsonl(cpu), read_jsonl(gpu)
+    assert [r["id"] for r in b] == [r["uid"] for r in records] == [r["id"] for r in a]
+    # float32 both ways, but cuDNN's TF32 convolutions may flip a near tie in a random model
+    same = sum(x["generated_text"] == y["generated_text"] for x, y in zip(a, b))
+    assert same >= len(records) - 1

@@ -135,3 +135,11 @@ def test_uneven_tasks_per_node():
         }
     )
     assert env.local_world_size == 1
+
+
+def test_gpus_bound_per_task_are_read_under_srun():
+    assert detect(SRUN).gpus_per_task is None
+    assert detect({**SRUN, "SLURM_GPUS_PER_TASK": "2"}).gpus_per_task == 2
+    assert detect({**SRUN, "SLURM_GPUS_PER_TASK": "a100:4"}).gpus_per_task == 4
+    with pytest.raises(LaunchError, match="SLURM_GPUS_PER_TASK='lots'"):
+        detect({**SRUN, "SLURM_GPUS_PER_TASK": "lots"})

@@ -56,11 +56,21 @@ class ModelConfig:
     compile: bool = False
     """Wrap the model in torch.compile(dynamic=True). Pays off for large models on GPUs; for small
     ones tokenization and Python dominate."""
+    gpus_per_replica: int = 1
+    """GPUs per model replica (= per process). 1: the whole model on cuda:{local_rank}. k > 1:
+    each process owns k consecutive GPUs and the model is spread over them by a device map."""
+    colocate: list[str] | None = None
+    """With gpus_per_replica > 1: module names placed on the replica's first GPU, with the input
+    embeddings (vision tower, projector, ...). Unset: the preset for the model's type."""
+    max_memory: str | None = None
+    """With gpus_per_replica > 1: weight budget per GPU when planning the device map (e.g. 30GiB),
+    leaving the rest for activations and the KV cache. Unset: 80% of each GPU's free memory."""
 
     def __post_init__(self) -> None:
         _check_choice("model.dtype", self.dtype, DTYPES)
         _check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _check_positive("model.max_length", self.max_length)
+        _check_positive("model.gpus_per_replica", self.gpus_per_replica)
 
 
 @dataclass(kw_only=True)
@@ -76,6 +86,9 @@ class DataConfig:
     unit_size: int | None = None
     """Rows per work unit: the grain of claiming, resume and part files. Unset: from the row
     count, 256 to 4096 (always a multiple of 256)."""
+    image_field: str = "image"
+    """task=image_text: column or JSON key holding one image path or a list of them (relative
+    paths are resolved against the data file's folder)."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""
@@ -175,7 +188,7 @@ class BatchConfig:
 @dataclass(kw_only=True)
 class TaskConfig:
     name: str = MISSING
-    """Which task runs; chosen with task=embed|classify|generate."""
+    """Which task runs; chosen with task=embed|classify|generate|image_text."""
 
 
 @dataclass(kw_only=True)
@@ -220,6 +233,17 @@ class GenerateTaskConfig(TaskConfig):
 
 
 @dataclass(kw_only=True)
+class ImageTextTaskConfig(GenerateTaskConfig):
+    """Generation from image(s) and a prompt; the decoding keys are generate's."""
+
+    name: str = "image_text"
+    chat_template: bool = True
+    """Pass each prompt through the processor's chat template as one user turn (the image(s),
+    then the text) with the generation prompt. false: the text goes in as is, and must hold the
+    model's image placeholders itself."""
+
+
+@dataclass(kw_only=True)
 class Config:
     task: Any = MISSING
     """One of the TaskConfig subclasses, selected through the config group `task`."""
@@ -249,6 +273,7 @@ TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "embed": EmbedTaskConfig,
     "classify": ClassifyTaskConfig,
     "generate": GenerateTaskConfig,
+    "image_text": ImageTextTaskConfig,
 }
 
 
@@ -273,5 +298,5 @@ def to_config(cfg: DictConfig) -> Config:
     if not isinstance(config, Config):
         raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
     if not isinstance(config.task, TaskConfig):
-        raise ConfigError("task must be chosen: task=embed|classify|generate")
+        raise ConfigError(f"task must be chosen: task={'|'.join(TASK_SCHEMAS)}")
     return config

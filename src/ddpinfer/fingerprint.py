@@ -51,6 +51,8 @@ def compute(cfg: Config, spec: InputSpec, model_path: str, num_rows: int, unit_s
             "format": spec.format,
             "text_field": spec.text_field,
             "id_field": spec.id_field,
+            # only when a task reads extra fields, so older run directories still match
+            **({"fields": [name for name, _ in spec.fields]} if spec.fields else {}),
         },
         "model": {
             "path": model_path,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpinfer import faults
+from ddpinfer import device_mix, faults
 from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
@@ -238,6 +238,10 @@ class WindowRunner:
             for i, pos in enumerate(batch):
                 outputs[pos] = (columns, i)
             return
+        if device_mix.is_device_mix(failure, self.task.model):  # placement, not a bad input
+            raise device_mix.DeviceMixError(
+                device_mix.explain_device_mix(self.task.model, failure)
+            ) from failure
         if is_transient(failure):
             raise TransientError(
                 f"{type(failure).__name__}: {failure} (rows {window.flat[batch[0]].index}...; "

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ddpinfer.errors import UserError
 
 Id = str | int
+
+FieldCheck = Callable[[Any, Path], Any]
+"""Checks one extra field's value (given the data file's folder, for relative paths) and
+returns it normalised; raises ``ValueError`` saying what is wrong with it."""
 
 SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
@@ -44,6 +49,8 @@ class Row:
     text: str
     error: str | None = None
     """Why this record cannot be run (only when bad records are skipped)."""
+    fields: Mapping[str, Any] | None = None
+    """The record's extra fields that were asked for (``InputSpec.fields``), by name."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class InputSpec:
     text_field: str = "text"
     id_field: str | None = None
     skip_bad: bool = False
+    fields: tuple[tuple[str, FieldCheck | None], ...] = ()
+    """Extra fields to read from each record besides text and id (e.g. an image path), each
+    with an optional check run as the record is read: a failed check makes a bad record."""
 
 
 def detect_format(path: Path, requested: str = "auto") -> str:
@@ -68,12 +78,23 @@ def detect_format(path: Path, requested: str = "auto") -> str:
 
 
 def open_spec(
-    path: str, fmt: str, text_field: str, id_field: str | None, skip_bad: bool = False
+    path: str,
+    fmt: str,
+    text_field: str,
+    id_field: str | None,
+    skip_bad: bool = False,
+    fields: tuple[tuple[str, FieldCheck | None], ...] = (),
 ) -> InputSpec:
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"data.path={path}: no such file. HINT: pass an existing input file.")
-    return InputSpec(p, detect_format(p, fmt), text_field, id_field, skip_bad)
+    spec = InputSpec(p, detect_format(p, fmt), text_field, id_field, skip_bad, fields)
+    if fields and spec.format == "text":
+        raise InputError(
+            f"{p}: a plain text file has no field {fields[0][0]!r}. "
+            "HINT: use JSONL, CSV or Parquet input with that column."
+        )
+    return spec
 
 
 def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
@@ -125,7 +146,7 @@ def _parquet_records(spec: InputSpec, start: int) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(spec.path)
-    columns = [c for c in (spec.text_field, spec.id_field) if c]
+    columns = [c for c in (spec.text_field, spec.id_field, *(f for f, _ in spec.fields)) if c]
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
         raise InputError(
@@ -151,7 +172,8 @@ def _make_row(spec: InputSpec, index: int, where: int | str, raw: bytes | dict) 
         if spec.format == "text":
             return Row(index, index, _check_text(at, record))
         record_id = _record_id(spec, at, index, record)
-        return Row(index, record_id, _record_text(spec, at, record))
+        text = _record_text(spec, at, record)
+        return Row(index, record_id, text, fields=_record_fields(spec, at, record))
     except InputError as e:
         if not spec.skip_bad:
             raise InputError(f"{e} {SKIP_HINT}") from None
@@ -199,6 +221,22 @@ def _record_text(spec: InputSpec, at: str, record: dict) -> str:
             raise InputError(f"{at}: fewer cells than the header; {spec.text_field!r} is missing.")
         raise InputError(f"{at}: field {spec.text_field!r} is {kind}, expected a string.")
     return _check_text(at, text)
+
+
+def _record_fields(spec: InputSpec, at: str, record: dict) -> dict[str, Any] | None:
+    if not spec.fields:
+        return None
+    fields = {}
+    for name, check in spec.fields:
+        if name not in record:
+            raise InputError(
+                f"{at}: no field {name!r}; fields present: {', '.join(map(str, record))}."
+            )
+        try:
+            fields[name] = record[name] if check is None else check(record[name], spec.path.parent)
+        except ValueError as e:
+            raise InputError(f"{at}: field {name!r}: {e}") from None
+    return fields
 
 
 def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:

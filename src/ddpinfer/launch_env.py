@@ -47,6 +47,8 @@ class LaunchEnv:
     """The scheduler's job id, when there is one."""
     restart_count: int = 0
     """How often torchrun restarted the worker group (elastic restarts)."""
+    gpus_per_task: int | None = None
+    """GPUs the scheduler bound to this task alone (srun --gpus-per-task=k); None: not bound."""
 
     @property
     def is_main(self) -> bool:
@@ -125,6 +127,17 @@ def slurm_port(job_id: str) -> int:
     return PORT_BASE + int(digits) % PORT_SPAN
 
 
+def _gpus_per_task(environ: Mapping[str, str]) -> int | None:
+    """SLURM_GPUS_PER_TASK is ``[type:]count`` (``2`` or ``a100:2``)."""
+    raw = environ.get("SLURM_GPUS_PER_TASK")
+    if not raw:
+        return None
+    count = raw.rsplit(":", 1)[-1]
+    if not count.isdigit():
+        raise LaunchError(f"SLURM_GPUS_PER_TASK={raw!r} does not end in a GPU count")
+    return int(count)
+
+
 def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
     if not (_in_srun_step(environ) and "SLURM_PROCID" in environ):
         return None
@@ -154,6 +167,7 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             store_port=port,
             job_id=job_id,
             restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            gpus_per_task=_gpus_per_task(environ),
         )
     )
 

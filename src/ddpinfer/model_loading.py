@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from ddpinfer import device_map
 from ddpinfer.config import ModelConfig
+from ddpinfer.device import replica_gpus
 from ddpinfer.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,23 +54,49 @@ def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
         raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}{_hint(e)}") from e
 
 
+def load_processor(cfg: ModelConfig, path: str):
+    """The model's AutoProcessor (image processor + tokenizer + chat template), left padding."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelLoadError(f"model.path={path}: cannot load the processor: {e}{_hint(e)}") from e
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or not hasattr(processor, "image_processor"):
+        raise ModelLoadError(
+            f"model.path={path}: {type(processor).__name__} is not an image+text processor. "
+            "HINT: task=image_text needs a model folder with a processor for images and text."
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
-    """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process)."""
+    """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process),
+    or with model.gpus_per_replica=k, spread over the k GPUs starting at ``device``."""
     kwargs: dict[str, Any] = {}
     if cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = cfg.attn_implementation
+    dtype = torch_dtype(cfg.dtype, device)
     try:
+        if cfg.gpus_per_replica > 1 and device.type == "cuda":
+            gpus = replica_gpus(device, cfg.gpus_per_replica)
+            kwargs["device_map"] = device_map.plan_replica(auto_class, cfg, path, gpus, dtype)
         model = auto_class.from_pretrained(
-            path,
-            dtype=torch_dtype(cfg.dtype, device),
-            trust_remote_code=cfg.trust_remote_code,
-            **kwargs,
+            path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
     except (OSError, ValueError, ImportError) as e:
+        if isinstance(e, UserError):
+            raise
         raise ModelLoadError(
             f"model.path={path}: cannot load it as {auto_class.__name__}: {e}{_hint(e)}"
         ) from e
-    model = model.to(device).eval()
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    model = model.eval()
     if cfg.compile:
         # Only the forward is compiled; the module keeps its attributes (config, generate, ...).
         model.forward = torch.compile(model.forward, dynamic=True)

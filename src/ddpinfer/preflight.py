@@ -27,7 +27,7 @@ from ddpinfer.launch_env import LaunchEnv
 from ddpinfer.model_loading import check_model_path
 from ddpinfer.parts import finished_units, parts_dir
 from ddpinfer.process_group import ProcessGroup
-from ddpinfer.tasks import model_path
+from ddpinfer.tasks import input_fields, model_path
 
 log = logging.getLogger("ddpinfer")
 
@@ -77,6 +77,7 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
         cfg.data.text_field,
         cfg.data.id_field,
         skip_bad=cfg.data.on_error == "skip",
+        fields=input_fields(cfg),
     )
 
 

@@ -62,7 +62,7 @@ class RunResult:
 
 def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     env = launch_env.detect(environ)
-    device = resolve_device(cfg.device, env)
+    device = resolve_device(cfg.device, env, cfg.model.gpus_per_replica)
     pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
     setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
@@ -139,8 +139,9 @@ def _run_units(
     """Claim windows of work units until none are left; each unit's part is written as soon as
     its last input is done."""
     limits = batch_limits(cfg, task.device)
+    window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
     claims = work_units.UnitClaims(
-        plan.pending, plan.unit_size, env.world_size, cfg.batch.sort_rows, _unit_counter(env)
+        plan.pending, plan.unit_size, env.world_size, window_rows, _unit_counter(env)
     )
     runner = WindowRunner(task, limits, check_stop, cfg.fault, env.rank)
     pin = task.device.type == "cuda"

@@ -6,16 +6,25 @@ import importlib
 
 import torch
 
-from ddpinfer import model_loading
+from ddpinfer import images, model_loading
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
+from ddpinfer.inputs import FieldCheck
 from ddpinfer.tasks.base import Task
 
 TASK_MODULES = {
     "embed": "ddpinfer.tasks.embed",
     "classify": "ddpinfer.tasks.classify",
     "generate": "ddpinfer.tasks.generate",
+    "image_text": "ddpinfer.tasks.image_text",
 }
+
+
+def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
+    """Record fields the task reads besides the text, each with the check run as it is read."""
+    if cfg.task.name == "image_text":
+        return ((cfg.data.image_field, images.check_paths),)
+    return ()
 
 
 def model_path(cfg: Config) -> str:

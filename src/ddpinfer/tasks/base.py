@@ -30,6 +30,9 @@ class Task:
     """A text task: a tokenizer and a model on one device. Subclasses implement ``__call__``."""
 
     padding_side = "right"
+    window_rows: int | None = None
+    """At most this many inputs prepared together (less than batch.sort_rows when prepared
+    items are large, like decoded images). None: batch.sort_rows."""
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, max_length: int | None) -> None:
         self.tokenizer = tokenizer
