@@ -44,8 +44,9 @@ def one_at_a_time(task, prompts: list[str], new_tokens: int) -> tuple[list[str],
     texts, count = [], 0
     with torch.inference_mode():
         for prompt in prompts:
-            enc = task.tokenizer(prompt, truncation=True, max_length=task.max_length,
-                                 return_tensors="pt")  # fmt: skip
+            enc = task.tokenizer(
+                prompt, truncation=True, max_length=task.max_length, return_tensors="pt"
+            )
             out = task.model.generate(**enc, generation_config=task.generation_config)
             new = out[0, enc["input_ids"].shape[1] :]
             count += len(new)
@@ -77,9 +78,11 @@ def main() -> None:
         loop_s = time.perf_counter() - began
     same = sum(a == b for a, b in zip(ours, reference))
     print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, tiny GPT-2, CPU, 1 thread")
-    print(f"batch-1 loop: {new_tokens / loop_s:,.0f} new tokens/s; ddpinfer batched: "
-          f"{new_tokens / ours_s:,.0f} new tokens/s; ratio {loop_s / ours_s:.1f}x; "
-          f"identical texts: {same}/{len(prompts)}")  # fmt: skip
+    print(
+        f"batch-1 loop: {new_tokens / loop_s:,.0f} new tokens/s; ddpinfer batched: "
+        f"{new_tokens / ours_s:,.0f} new tokens/s; ratio {loop_s / ours_s:.1f}x; "
+        f"identical texts: {same}/{len(prompts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import json, resource, sys, time
 from pathlib import Path
 from ddpinfer.merge import merge_parts
 from ddpinfer.work_units import plan_units
-run_dir, rows, unit, out, fmt = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+run_dir, out, fmt = Path(sys.argv[1]), Path(sys.argv[4]), sys.argv[5]
+rows, unit = int(sys.argv[2]), int(sys.argv[3])
 began = time.perf_counter()
 summary = merge_parts(run_dir, plan_units(rows, unit), out, fmt)
 seconds = time.perf_counter() - began
@@ -77,8 +78,10 @@ def main() -> None:
             write_parts(tmp / f"cls{rows}", rows, classification)
             results[rows] = merge(tmp / f"cls{rows}", rows, tmp / f"cls{rows}.jsonl", "jsonl")
             r = results[rows]
-            print(f"classification, {rows} records -> JSONL: {r['seconds']:.2f}s, "
-                  f"{rows / r['seconds']:,.0f} records/s, peak RSS {r['rss_mb']:.0f} MB")  # fmt: skip
+            print(
+                f"classification, {rows} records -> JSONL: {r['seconds']:.2f}s, "
+                f"{rows / r['seconds']:,.0f} records/s, peak RSS {r['rss_mb']:.0f} MB"
+            )
         ratio = results[args.big]["rss_mb"] / results[args.small]["rss_mb"]
         print(f"peak memory, {args.big} vs {args.small} records: {ratio:.2f}x")
         n = args.embeddings
@@ -87,8 +90,10 @@ def main() -> None:
             out = tmp / f"emb.{fmt}"
             r = merge(tmp / "emb", n, out, fmt)
             raw = n * 384 * 4
-            print(f"embeddings, {n} x 384 -> {fmt}: {out.stat().st_size / raw:.3f}x the raw float32 "
-                  f"bytes, {n / r['seconds']:,.0f} records/s")  # fmt: skip
+            print(
+                f"embeddings, {n} x 384 -> {fmt}: {out.stat().st_size / raw:.3f}x the raw float32 "
+                f"bytes, {n / r['seconds']:,.0f} records/s"
+            )
 
 
 if __name__ == "__main__":

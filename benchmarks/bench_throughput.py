@@ -87,8 +87,11 @@ print(time.perf_counter() - began)
 def sentence_transformers(tmp: Path, corpus: Path, model: str, threads: int, real: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", ST_SCRIPT, str(corpus), model, str(threads)],
-        env=env(), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env=env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = float(result.stdout.strip().splitlines()[-1])
     return {"seconds": seconds, "tok_s": real / seconds}
 
@@ -107,8 +110,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         corpus = write_corpus(tmp / "corpus.jsonl", args.rows)
-        print(f"{args.rows} texts, all-MiniLM-L6-v2 fp32, {args.nproc} processes, {os.cpu_count()} "
-              f"cores; real tokens/s of the inference phase")  # fmt: skip
+        print(
+            f"{args.rows} texts, all-MiniLM-L6-v2 fp32, {args.nproc} processes, {os.cpu_count()} "
+            f"cores; real tokens/s of the inference phase"
+        )
         header = (
             "rep  ddpinfer  handwritten  fwd-limit  st.encode | vs hw  vs limit  vs st  eff   rss"
         )
@@ -119,19 +124,26 @@ def main() -> None:
             ours = ddpinfer(tmp, corpus, args.nproc, f"defaults{rep}")
             hw = handwritten(tmp, corpus, model, args.nproc)
             limit = handwritten(tmp, corpus, model, args.nproc, "--forward-limit")
-            st = None if args.no_st else sentence_transformers(
-                tmp, corpus, model, args.nproc, ours["real"])  # fmt: skip
+            st = (
+                None
+                if args.no_st
+                else sentence_transformers(tmp, corpus, model, args.nproc, ours["real"])
+            )
             ratios["hw"].append(ours["tok_s"] / hw["tok_s"])
             ratios["limit"].append(ours["tok_s"] / limit["tok_s"])
             ratios["st"].append(ours["tok_s"] / st["tok_s"] if st else float("nan"))
-            print(f"{rep:<4} {ours['tok_s']:8.0f}  {hw['tok_s']:11.0f}  {limit['tok_s']:9.0f}  "
-                  f"{st['tok_s'] if st else float('nan'):9.0f} | {ratios['hw'][-1]:5.2f}  "
-                  f"{ratios['limit'][-1]:8.2f}  {ratios['st'][-1]:5.2f}  {ours['eff']:.2f}  "
-                  f"{ours['rss_mb']:.0f}MB  (hw eff {hw['eff']:.2f})")  # fmt: skip
+            print(
+                f"{rep:<4} {ours['tok_s']:8.0f}  {hw['tok_s']:11.0f}  {limit['tok_s']:9.0f}  "
+                f"{st['tok_s'] if st else float('nan'):9.0f} | {ratios['hw'][-1]:5.2f}  "
+                f"{ratios['limit'][-1]:8.2f}  {ratios['st'][-1]:5.2f}  {ours['eff']:.2f}  "
+                f"{ours['rss_mb']:.0f}MB  (hw eff {hw['eff']:.2f})"
+            )
             last = ours
         med = {k: statistics.median(v) for k, v in ratios.items()}
-        print(f"median ratios: ddpinfer/handwritten {med['hw']:.2f}x, ddpinfer/forward-limit "
-              f"{med['limit']:.2f}x, ddpinfer/SentenceTransformer.encode {med['st']:.2f}x")  # fmt: skip
+        print(
+            f"median ratios: ddpinfer/handwritten {med['hw']:.2f}x, ddpinfer/forward-limit "
+            f"{med['limit']:.2f}x, ddpinfer/SentenceTransformer.encode {med['st']:.2f}x"
+        )
         if args.slow_rank and last is not None:
             slow_rank(tmp, corpus, args.nproc, last)
 
@@ -144,11 +156,13 @@ def slow_rank(tmp: Path, corpus: Path, nproc: int, balanced: dict) -> None:
     slow = ddpinfer(tmp, corpus, nproc, "slow", "fault.slow_rank=1", f"fault.delay_s={delay:.4f}")
     rates = [r["real_tokens"] / r["seconds"] for r in slow["ranks"]]
     ideal = slow["real"] / sum(rates)
-    print(f"slow rank: rank 1 {rates[0] / rates[1]:.2f}x slower than rank 0 (delay {delay:.3f}s a "
-          f"batch); inference phase {slow['seconds']:.1f}s vs ideal {ideal:.1f}s (the work at the "
-          f"ranks' combined rate): {slow['seconds'] / ideal:.2f}x; balanced run "
-          f"{balanced['seconds']:.1f}s; inputs per rank {[r['inputs'] for r in slow['ranks']]}; "
-          f"{time.perf_counter() - began:.0f}s wall")  # fmt: skip
+    print(
+        f"slow rank: rank 1 {rates[0] / rates[1]:.2f}x slower than rank 0 (delay {delay:.3f}s a "
+        f"batch); inference phase {slow['seconds']:.1f}s vs ideal {ideal:.1f}s (the work at the "
+        f"ranks' combined rate): {slow['seconds'] / ideal:.2f}x; balanced run "
+        f"{balanced['seconds']:.1f}s; inputs per rank {[r['inputs'] for r in slow['ranks']]}; "
+        f"{time.perf_counter() - began:.0f}s wall"
+    )
 
 
 if __name__ == "__main__":

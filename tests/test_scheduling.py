@@ -69,14 +69,23 @@ def test_npy_and_parquet_outputs_hold_the_same_float32_embeddings(tmp_path, corp
 
 
 def test_npy_output_is_refused_for_tasks_without_embeddings(tmp_path, corpus, gpt2_generator):
-    result = launch([f"model.path={gpt2_generator}", "task=generate", "data.path=in.jsonl",
-                     "output.path=out.npy"], cwd=tmp_path)  # fmt: skip
+    result = launch(
+        [
+            f"model.path={gpt2_generator}",
+            "task=generate",
+            "data.path=in.jsonl",
+            "output.path=out.npy",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "output.format=npy holds embeddings" in result.stderr
 
 
 def test_every_text_is_tokenized_once(bert_embedder):
-    task = build_task(Config(task=EmbedTaskConfig(), model=ModelConfig(path=str(bert_embedder))),
-                      torch.device("cpu"))  # fmt: skip
+    task = build_task(
+        Config(task=EmbedTaskConfig(), model=ModelConfig(path=str(bert_embedder))),
+        torch.device("cpu"),
+    )
     seen: list[str] = []
 
     class CountingTokenizer:
