@@ -14,6 +14,7 @@ Detection order (first match wins, and the order matters):
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,22 @@ class LaunchEnv:
     """The scheduler's job id, when there is one."""
     restart_count: int = 0
     """How often torchrun restarted the worker group (elastic restarts)."""
+    requeue_count: int = 0
+    """How often SLURM requeued the job (SLURM_RESTART_COUNT), whatever started the ranks."""
+    run_id: str | None = None
+    """torchrun's rendezvous id (TORCHELASTIC_RUN_ID): the same for every attempt of a job."""
+    host: str = ""
+    """This machine's host name."""
+
+    @property
+    def is_first_attempt(self) -> bool:
+        """Neither a torchrun restart nor a SLURM requeue: the job's very first try."""
+        return self.restart_count == 0 and self.requeue_count == 0
+
+    @property
+    def job_key(self) -> str | None:
+        """What every attempt of one job shares: the SLURM job id, else torchrun's run id."""
+        return self.job_id or self.run_id
 
     @property
     def is_main(self) -> bool:
@@ -67,6 +84,12 @@ def _int(environ: Mapping[str, str], key: str, default: int | None = None) -> in
         return int(raw)
     except ValueError:
         raise LaunchError(f"{key}={raw!r} is not an integer") from None
+
+
+def _host(environ: Mapping[str, str]) -> str:
+    # The kernel's name, not SLURMD_NODENAME: the run lock compares it with a name recorded by a
+    # job that may not have run under SLURM, to decide whether a PID can be checked here.
+    return socket.gethostname()
 
 
 def _check_ranks(env: LaunchEnv) -> LaunchEnv:
@@ -115,6 +138,9 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
             store_hosted_by_agent=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
             job_id=environ.get("SLURM_JOB_ID"),
             restart_count=_int(environ, "TORCHELASTIC_RESTART_COUNT", 0),
+            requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            run_id=environ.get("TORCHELASTIC_RUN_ID") or None,
+            host=_host(environ),
         )
     )
 
@@ -154,12 +180,19 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             store_port=port,
             job_id=job_id,
             restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            host=_host(environ),
         )
     )
 
 
 def single_process(environ: Mapping[str, str]) -> LaunchEnv:
-    return LaunchEnv(launcher="single", job_id=environ.get("SLURM_JOB_ID"))
+    return LaunchEnv(
+        launcher="single",
+        job_id=environ.get("SLURM_JOB_ID"),
+        requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+        host=_host(environ),
+    )
 
 
 def detect(environ: Mapping[str, str] | None = None) -> LaunchEnv:
