@@ -21,6 +21,8 @@ def before_unit(fault: FaultConfig, rank: int, attempt: int, units_started: int)
         return
     if fault.attempt is not None and fault.attempt != attempt:
         return
+    if fault.kind == "hang":  # alive (heartbeats go on) but going nowhere
+        time.sleep(24 * 3600)
     if fault.kind == "exit":
         sys.stderr.write(f"ddpinfer: injected exit on rank {rank}\n")
         sys.stderr.flush()

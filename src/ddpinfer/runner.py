@@ -29,12 +29,15 @@ from ddpinfer.parts import write_part
 from ddpinfer.preflight import Plan, agreed, preflight
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.run_dir import resolve_run_dir
+from ddpinfer.run_lock import take_run_lock
 from ddpinfer.stopping import (
     EXIT_PEER_FAILED,
     EXIT_PREEMPTED,
+    EXIT_UNEXPECTED,
     EXIT_USER_ERROR,
     PeerFailed,
     Preempted,
+    Stalled,
     StopSignals,
 )
 from ddpinfer.tasks import build_task
@@ -56,26 +59,45 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     device = resolve_device(cfg.device, env)
     pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
-    setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
-    log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
-    if device.type == "cpu":
-        set_cpu_threads(cfg.cpu_threads, env.local_world_size)
     signals = StopSignals().install()
     group = ProcessGroup(env, device, cfg.run.timeout_s)
+    # Rank 0 locks the run directory before any rank writes to it (its log file included).
+    lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
+    try:
+        setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
+        log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
+        if lock is not None and lock.took_over:
+            log.warning("%s", lock.took_over)
+        if device.type == "cpu":
+            set_cpu_threads(cfg.cpu_threads, env.local_world_size)
+        result = _run_watched(cfg, env, device, run_dir, group, signals)
+    finally:
+        if lock is not None:
+            lock.release()
+    group.close()
+    return result
+
+
+def _run_watched(cfg: Config, env, device, run_dir: Path, group, signals) -> RunResult:
     liveness = None
     if env.is_distributed:
-        liveness = Liveness(env, cfg.run.heartbeat_s, cfg.run.dead_after_s).start()
+        run_cfg = cfg.run
+        liveness = Liveness(
+            env, run_cfg.heartbeat_s, run_cfg.dead_after_s, run_cfg.stall_after_s
+        ).start()
 
     def check_stop() -> None:
-        signals.check()
         if liveness is not None:
+            if signals.received:  # torchrun's agent stops the others when a rank fails
+                liveness.poll_failures()
             liveness.check()
+        signals.check()
 
     try:
         result = _run(cfg, env, device, run_dir, group, liveness, check_stop)
     except BaseException as e:
         if liveness is not None:
-            if not isinstance(e, PeerFailed):
+            if not isinstance(e, (PeerFailed, Stalled)):
                 kind = "preempted" if isinstance(e, Preempted) else "error"
                 liveness.post_failure(f"{type(e).__name__}: {e}", kind)
             liveness.linger()
@@ -83,7 +105,6 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     finally:
         if liveness is not None:
             liveness.stop()
-    group.close()
     return result
 
 
@@ -106,15 +127,26 @@ def _run(
     mine = [plan.pending[i] for i in share]
     task = agreed(group, lambda: build_task(cfg, device) if mine else None)
     started = time.perf_counter()
-    runner = UnitRunner(task, cfg.batch_size, check_stop, cfg.fault) if mine else None
+    before_batch = check_stop
+    if liveness is not None:
+
+        def before_batch() -> None:  # the previous batch (if any) has finished
+            liveness.progress()
+            check_stop()
+
+        liveness.progress()  # the stall clock runs from here to the last batch
+    runner = UnitRunner(task, cfg.batch_size, before_batch, cfg.fault) if mine else None
     done = _run_units(cfg, env, run_dir, plan, mine, runner)
     if liveness is not None:
+        liveness.idle()
         liveness.wait_all_done(check_stop)
-        liveness.stop()  # from here on, ranks leave as they finish: no more heartbeats
+    # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
     collect_parts(group, run_dir, done, shares)
     if env.is_main:
         _merge(run_dir, plan, started)
+    if liveness is not None:
+        liveness.leave()
     return RunResult(run_dir, output if env.is_main else None, done)
 
 
@@ -179,10 +211,13 @@ def main(cfg: DictConfig) -> None:
     except PeerFailed as e:
         report(f"stopping because {e}; finished work is kept for a re-run")
         code = EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED
+    except Stalled as e:
+        report(f"{e}; finished work is kept for a re-run")
+        code = EXIT_UNEXPECTED
     except Exception as e:
         traceback.print_exc()
         report(f"unexpected error: {type(e).__name__}: {e}")
-        code = 1
+        code = EXIT_UNEXPECTED
     # Leave without running C++ destructors: torch.distributed's can abort the process at
     # interpreter exit ("terminate called without an active exception", seen with gloo about
     # once in twenty runs even after destroy_process_group) or hang when peers are gone, and the
