@@ -12,7 +12,8 @@ A heartbeat proves the process is alive, not that it gets anywhere, so each rank
 its own progress: the inference loop calls ``progress()`` after every batch, and a rank that
 finishes no batch for ``stall_after_s`` (default: 10 x its slowest batch, at least 10 minutes)
 reports itself as stalled. Ranks that finished and wait for the others give up when no rank has
-finished a batch for as long. Heartbeats go on through the part transfer and the merge; a rank
+finished a batch for run.stall_after_s (unset: 3 x their own stall limit, as the others' batches
+may be slower). Heartbeats go on through the part transfer and the merge; a rank
 that is done says so (``leave``) so that its silence is not taken for death.
 """
 
@@ -43,7 +44,7 @@ from ddpinfer.stopping import (
 log = logging.getLogger(__name__)
 
 LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
-MIN_STALL_S, STALL_FACTOR = 600.0, 10.0
+MIN_STALL_S, STALL_FACTOR, WAIT_FACTOR = 600.0, 10.0, 3.0
 
 
 class Liveness:
@@ -103,6 +104,11 @@ class Liveness:
         if self.stall_after_s is not None:
             return self.stall_after_s
         return max(MIN_STALL_S, STALL_FACTOR * self._slowest)
+
+    def _wait_limit(self) -> float:
+        # A backstop: a stalled rank reports itself. Other ranks' batches may be slower than
+        # this rank's, so unless run.stall_after_s says how slow a batch may be, wait longer.
+        return self.stall_after_s or WAIT_FACTOR * self.stall_limit()
 
     def leave(self) -> None:
         """This rank is done: its heartbeats stop without it being taken for dead."""
@@ -167,7 +173,7 @@ class Liveness:
                     polled, count = now, self._store.add("progress", 0)
                     if count != seen:
                         seen, seen_at = count, now
-                    elif now - seen_at > self.stall_limit():
+                    elif now - seen_at > self._wait_limit():
                         raise self._no_progress(now - seen_at)
                 time.sleep(0.2)
         except (PeerFailed, Preempted):
@@ -250,8 +256,9 @@ class Liveness:
         if store.add("failures", 0) > 0:
             info = json.loads(store.get("failure/1"))
             if info["rank"] != self.env.rank:
-                verb = "" if info.get("kind") == "stalled" else "failed: "
-                self._fail(f"rank {info['rank']} {verb}{info['error']}", info.get("kind"))
+                kind = info.get("kind")
+                verb = {"stalled": "", "preempted": "was stopped: "}.get(kind, "failed: ")
+                self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
 
     def _check_heartbeats(self, last: dict[int, tuple[int, float]]) -> None:
         now = time.monotonic()

@@ -90,6 +90,8 @@ def _run_watched(cfg: Config, env, device, run_dir: Path, group, signals) -> Run
         if liveness is not None:
             if signals.received:  # torchrun's agent stops the others when a rank fails
                 liveness.poll_failures()
+                if liveness.failure_kind == "preempted":  # a signal to all: a preemption
+                    signals.check()
             liveness.check()
         signals.check()
 
