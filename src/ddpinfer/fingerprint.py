@@ -71,15 +71,16 @@ def _model_folder(model_path: str) -> Path | None:
 
 
 def model_files(model_path: str) -> dict[str, str]:
-    """Digest of each file in the model folder (two levels deep; hidden files and Markdown left
-    out), by its path in the folder."""
+    """Digest of each file in the model folder (two levels deep; hidden files, __pycache__ and
+    Markdown left out), by its path in the folder."""
     folder = _model_folder(model_path)
     if folder is None:
         return {"hub id (not in the local cache)": model_path}
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if len(relative.parts) > 2 or any(p.startswith(".") for p in relative.parts):
+        skipped = any(p.startswith(".") or p == "__pycache__" for p in relative.parts)
+        if len(relative.parts) > 2 or skipped:
             continue
         if path.is_file() and path.suffix.lower() != ".md":
             files[str(relative)] = file_digest(path)

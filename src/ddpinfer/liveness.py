@@ -174,7 +174,8 @@ class Liveness:
                     if count != seen:
                         seen, seen_at = count, now
                     elif now - seen_at > self._wait_limit():
-                        raise self._no_progress(now - seen_at)
+                        self._raise_no_progress(now - seen_at)
+                        seen_at = now  # every rank turned out done: all_done comes next
                 time.sleep(0.2)
         except (PeerFailed, Preempted):
             raise
@@ -184,14 +185,16 @@ class Liveness:
                 f"lost contact with the rendezvous store ({e}): {LOST_STORE}"
             ) from None
 
-    def _no_progress(self, silent_s: float) -> PeerFailed:
+    def _raise_no_progress(self, silent_s: float) -> None:
         waiting = [r for r in range(self.env.world_size) if not self._store.check([f"done/{r}"])]
+        if not waiting:
+            return
         message = (
             f"stalled: finished no batch for {silent_s:.0f}s while rank(s) "
             f"{', '.join(map(str, waiting))} had work left; see logs/rank{waiting[0]}.log"
         )
         self.post_failure(message, kind="stalled", rank=waiting[0])
-        return PeerFailed(f"rank {waiting[0]} {message}")
+        raise PeerFailed(f"rank {waiting[0]} {message}")
 
     def linger(self) -> None:
         """On rank 0 when it hosts the store: stay a moment after a failure, so the other ranks
