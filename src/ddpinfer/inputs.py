@@ -11,7 +11,6 @@ problem with one record is an ``InputError`` too, unless the reader was told to 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections import Counter
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ddpinfer.content_digest import RowDigests
 from ddpinfer.errors import UserError
 
 Id = str | int
@@ -250,35 +250,6 @@ def bad_reason(message: str) -> str:
     return re.split(r"[;,(]| HINT:|\.$|\. ", message, maxsplit=1)[0].strip()
 
 
-class _Hasher:
-    """sha256 of the rows' content, for the whole file and per block of rows."""
-
-    def __init__(self, spec: InputSpec, block_rows: int) -> None:
-        self.path_text, self.block_rows = str(spec.path), block_rows
-        self.file, self.block = hashlib.sha256(), hashlib.sha256()
-        self.blocks: list[str] = []
-
-    def add(self, row: Row) -> None:
-        # The error text, not the path it names: the same record has the same digest wherever
-        # the file lies (each node checks its own copy against rank 0's).
-        error = row.error.replace(self.path_text, "") if row.error else None
-        data = repr((row.id, row.text, error)).encode("utf-8", "surrogatepass") + b"\n"
-        self.file.update(data)
-        self.block.update(data)
-        if (row.index + 1) % self.block_rows == 0:
-            self._close_block()
-
-    def _close_block(self) -> None:
-        self.blocks.append(self.block.hexdigest()[:16])
-        self.block = hashlib.sha256()
-
-    def finish(self, num_rows: int) -> tuple[str, list[str]]:
-        if num_rows % self.block_rows:
-            self._close_block()
-        self.file.update(f"rows={num_rows}".encode())
-        return self.file.hexdigest()[:32], self.blocks
-
-
 def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
     """Read every record before any model work: under ``on_error=fail`` the first bad record
     stops the run here, before compute is spent; under ``skip`` bad records are counted by kind.
@@ -288,7 +259,7 @@ def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
     duplicates: dict[int, str] = {}
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    hasher = _Hasher(spec, block_rows)
+    hasher = RowDigests(str(spec.path), block_rows)
     for row in read_rows(spec):
         num_rows += 1
         hasher.add(row)
