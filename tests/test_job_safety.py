@@ -207,3 +207,18 @@ def test_each_node_checks_its_input_copy(tmp_path, bert_embedder):
     assert codes[0] != 0 and codes[1] != 0, logs
     assert "holds other inputs than rank 0's copy" in logs, logs
     assert not list(tmp_path.glob("node*/out.jsonl"))
+
+
+def test_a_node_lost_during_the_part_transfer_is_noticed(job):
+    """Rank 1 freezes (SIGSTOP: silent, its connections still open, as a lost node) where it
+    would send its parts to rank 0. Rank 0 used to wait in the transfer for run.timeout_s."""
+    tmp_path, args = job
+    lost = ["output.shared_fs=false", "fault.rank=1", "fault.kind=freeze", "fault.at_finish=true"]
+    procs = start_ranks([*args, *FAST_LIVENESS, *lost], 2, tmp_path)
+    try:
+        assert procs[0].wait(timeout=90) == 3
+    finally:
+        stop_all(procs)
+    log = (tmp_path / "rank0.out").read_text()
+    assert "rank 1 stopped responding" in last_line(log, 0), log
+    assert not (tmp_path / "out.jsonl").exists()

@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet")
 SHARED_FS = ("auto", "true", "false")
-FAULT_KINDS = ("raise", "exit", "hang")
+FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
 POOLINGS = ("mean", "cls")
 
@@ -143,9 +143,12 @@ class FaultConfig:
     rank: int | None = None
     """The rank that fails. Unset: no fault."""
     kind: str = "raise"
-    """raise (an exception) | exit (os._exit(1), no clean-up) | hang (sleep, heartbeats go on)."""
+    """raise (an exception) | exit (os._exit(1), no clean-up) | hang (sleep; heartbeats go on) |
+    freeze (SIGSTOP itself: like a lost node, silent but with its connections open)."""
     at_unit: int = 0
     """Fail before this rank's at_unit-th work unit (0: before the first)."""
+    at_finish: bool = False
+    """Fail after the work of every rank is done, before the part transfer (not before a unit)."""
     attempt: int | None = 0
     """Fail only on this attempt (torchrun's restart count; SLURM's requeue count). Unset: on
     every attempt."""

@@ -4,6 +4,7 @@ or make batches run out of memory, through the real entry point and real process
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -17,17 +18,30 @@ class InjectedFault(RuntimeError):
 
 
 def before_unit(fault: FaultConfig, rank: int, attempt: int, units_started: int) -> None:
-    if fault.rank != rank or units_started != fault.at_unit:
-        return
-    if fault.attempt is not None and fault.attempt != attempt:
-        return
-    if fault.kind == "hang":  # alive (heartbeats go on) but going nowhere
+    if not fault.at_finish and units_started == fault.at_unit and _chosen(fault, rank, attempt):
+        _fail(fault.kind, rank, f"before its unit #{units_started}")
+
+
+def at_finish(fault: FaultConfig, rank: int, attempt: int) -> None:
+    """After every rank's work is done, before the part transfer and the merge."""
+    if fault.at_finish and _chosen(fault, rank, attempt):
+        _fail(fault.kind, rank, "after its work, before the part transfer")
+
+
+def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
+    return fault.rank == rank and (fault.attempt is None or fault.attempt == attempt)
+
+
+def _fail(kind: str, rank: int, where: str) -> None:
+    if kind == "hang":  # alive (heartbeats go on) but going nowhere
         time.sleep(24 * 3600)
-    if fault.kind == "exit":
+    if kind == "freeze":  # like a lost node: no heartbeat, and no connection is closed
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if kind == "exit":
         sys.stderr.write(f"ddpinfer: injected exit on rank {rank}\n")
         sys.stderr.flush()
         os._exit(1)
-    raise InjectedFault(f"injected fault on rank {rank} before its unit #{units_started}")
+    raise InjectedFault(f"injected fault on rank {rank} {where}")
 
 
 def before_batch(fault: FaultConfig, batch_size: int) -> None:

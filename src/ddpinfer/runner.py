@@ -142,6 +142,7 @@ def _run(
     if liveness is not None:
         liveness.idle()
         liveness.wait_all_done(check_stop)
+    faults.at_finish(cfg.fault, env.rank, env.restart_count)
     # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
     collect_parts(group, run_dir, done, shares)
