@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from ddpinfer import faults, launch_env, work_units
@@ -78,7 +79,15 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     return result
 
 
-def _run_watched(cfg: Config, env, device, run_dir: Path, group, signals) -> RunResult:
+def _run_watched(
+    cfg: Config,
+    env: launch_env.LaunchEnv,
+    device: torch.device,
+    run_dir: Path,
+    group: ProcessGroup,
+    signals: StopSignals,
+) -> RunResult:
+    """Run with heartbeats, progress and failure notices between ranks (when there are several)."""
     liveness = None
     if env.is_distributed:
         run_cfg = cfg.run
