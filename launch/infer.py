@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from ddpinfer.config import register_configs
 from ddpinfer.runner import main as run_main
+from ddpinfer.stopping import config_errors_exit_2
 
 register_configs()
 
@@ -20,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    config_errors_exit_2(main)

@@ -62,6 +62,7 @@ def overrides(tmp_path, path, bert_embedder, on_error):
         f"data.path={path}",
         "data.id_field=uid",
         f"data.on_error={on_error}",
+        "data.max_bad=1",  # one bad record of three: over the default 10 %
         f"output.path={tmp_path / 'out.jsonl'}",
         f"run.root={tmp_path / 'runs'}",
     ]

@@ -142,12 +142,14 @@ def test_resume_is_refused_for_other_inputs_unless_fresh(job):
     tmp_path, args = job
     check(launch(args, cwd=tmp_path))
     first = (tmp_path / "out.jsonl").read_text()
-    write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
+    # Another row count: units no longer line up (edited rows alone are recomputed).
+    write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N - 1)])
     result = launch(args, cwd=tmp_path)
     assert result.returncode == 2
-    assert "holds finished work from a different run (inputs.digest" in result.stderr
+    assert "holds finished work from a different run (inputs.rows: 48 -> 47" in result.stderr
     assert "run.fresh=true" in result.stderr
     assert (tmp_path / "out.jsonl").read_text() == first  # the finished output is untouched
+    write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
     check(launch([*args, "run.fresh=true"], cwd=tmp_path))
     assert (tmp_path / "out.jsonl").read_text() != first
     assert_complete(tmp_path)

@@ -143,3 +143,14 @@ def test_gpus_bound_per_task_are_read_under_srun():
     assert detect({**SRUN, "SLURM_GPUS_PER_TASK": "a100:4"}).gpus_per_task == 4
     with pytest.raises(LaunchError, match="SLURM_GPUS_PER_TASK='lots'"):
         detect({**SRUN, "SLURM_GPUS_PER_TASK": "lots"})
+
+
+def test_a_requeued_job_is_not_a_first_attempt_under_any_launcher():
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "77"}
+    assert detect(torchrun).is_first_attempt and detect(torchrun).job_key == "77"
+    # torchrun started by the sbatch script of a requeued job: torchrun's count is 0 again.
+    requeued = detect({**torchrun, "SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"})
+    assert (requeued.restart_count, requeued.requeue_count) == (0, 1)
+    assert not requeued.is_first_attempt and requeued.job_key == "9"
+    assert not detect({**torchrun, "TORCHELASTIC_RESTART_COUNT": "1"}).is_first_attempt
+    assert not detect({"SLURM_RESTART_COUNT": "2"}).is_first_attempt  # the batch script itself

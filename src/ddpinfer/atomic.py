@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -11,9 +12,13 @@ from typing import IO
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it."""
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it.
+
+    The temporary name is random, as ``tempfile``'s are, not derived from the PID: PIDs repeat
+    across containers on different nodes, and two writers of one file must never share a
+    temporary. (Not ``mkstemp`` itself: its 0600 mode would pass to the final file.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         yield tmp
         with open(tmp, "rb") as f:

@@ -25,7 +25,7 @@ INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 SHARED_FS = ("auto", "true", "false")
-FAULT_KINDS = ("raise", "exit")
+FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
 POOLINGS = ("mean", "cls")
 
@@ -92,11 +92,22 @@ class DataConfig:
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""
+    max_bad: float | None = None
+    """Under data.on_error=skip, the most bad records a run goes on with: a fraction of the rows
+    (below 1, e.g. 0.02) or a count (1 or more, e.g. 500). Unset: 10 % of the rows. A run whose
+    every record is bad always stops."""
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, INPUT_FORMATS)
         _check_choice("data.on_error", self.on_error, ON_ERROR)
         _check_positive("data.unit_size", self.unit_size)
+        if self.max_bad is not None and (
+            self.max_bad < 0 or (self.max_bad >= 1 and self.max_bad != int(self.max_bad))
+        ):
+            raise ValueError(
+                f"data.max_bad={self.max_bad} must be a fraction of the rows below 1 (0.05) or "
+                "a whole count of records (500)"
+            )
 
 
 @dataclass(kw_only=True)
@@ -131,11 +142,16 @@ class RunConfig:
     heartbeat_s: float = 5.0
     """How often each rank tells the others it is alive."""
     dead_after_s: float = 60.0
-    """A rank silent this long is taken as dead: the others stop and report it."""
+    """A rank silent this long is taken as dead: the others stop and report it. Also how old
+    the run directory's lock may get before another job takes it over."""
+    stall_after_s: float | None = None
+    """A rank that finishes no batch for this long is stalled (a hung filesystem read, a
+    deadlock): the job stops, naming it. Unset: 10 x the slowest batch so far, at least 600."""
 
     def __post_init__(self) -> None:
         _check_positive("run.timeout_s", self.timeout_s)
         _check_positive("run.heartbeat_s", self.heartbeat_s)
+        _check_positive("run.stall_after_s", self.stall_after_s)
         if self.dead_after_s < 2 * self.heartbeat_s:
             raise ValueError(
                 f"run.dead_after_s={self.dead_after_s} must be at least twice "
@@ -150,9 +166,12 @@ class FaultConfig:
     rank: int | None = None
     """The rank that fails. Unset: no fault."""
     kind: str = "raise"
-    """raise (an exception) | exit (os._exit(1), no clean-up)."""
+    """raise (an exception) | exit (os._exit(1), no clean-up) | hang (sleep; heartbeats go on) |
+    freeze (SIGSTOP itself: like a lost node, silent but with its connections open)."""
     at_unit: int = 0
     """Fail before this rank's at_unit-th work unit (0: before the first)."""
+    at_finish: bool = False
+    """Fail after the work of every rank is done, before the part transfer (not before a unit)."""
     attempt: int | None = 0
     """Fail only on this attempt (torchrun's restart count; SLURM's requeue count). Unset: on
     every attempt."""

@@ -4,6 +4,7 @@ or make batches run out of memory, through the real entry point and real process
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -18,15 +19,32 @@ class InjectedFault(RuntimeError):
 
 def before_units(fault: FaultConfig, rank: int, attempt: int, started: int, count: int) -> None:
     """Before a window of ``count`` units, after ``started`` units on this rank."""
-    if fault.rank != rank or not started <= fault.at_unit < started + count:
+    if fault.at_finish or not started <= fault.at_unit < started + count:
         return
-    if fault.attempt is not None and fault.attempt != attempt:
-        return
-    if fault.kind == "exit":
+    if _chosen(fault, rank, attempt):
+        _fail(fault.kind, rank, f"before its unit #{fault.at_unit}")
+
+
+def at_finish(fault: FaultConfig, rank: int, attempt: int) -> None:
+    """After every rank's work is done, before the part transfer and the merge."""
+    if fault.at_finish and _chosen(fault, rank, attempt):
+        _fail(fault.kind, rank, "after its work, before the part transfer")
+
+
+def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
+    return fault.rank == rank and (fault.attempt is None or fault.attempt == attempt)
+
+
+def _fail(kind: str, rank: int, where: str) -> None:
+    if kind == "hang":  # alive (heartbeats go on) but going nowhere
+        time.sleep(24 * 3600)
+    if kind == "freeze":  # like a lost node: no heartbeat, and no connection is closed
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if kind == "exit":
         sys.stderr.write(f"ddpinfer: injected exit on rank {rank}\n")
         sys.stderr.flush()
         os._exit(1)
-    raise InjectedFault(f"injected fault on rank {rank} before its unit #{fault.at_unit}")
+    raise InjectedFault(f"injected fault on rank {rank} {where}")
 
 
 def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0) -> None:

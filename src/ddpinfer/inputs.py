@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddpinfer.content_digest import RowDigests
 from ddpinfer.errors import UserError
 
 Id = str | int
@@ -253,41 +256,70 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
     return value
 
 
+BLOCK_ROWS = 64
+"""Rows per content-hash block when data.unit_size is unset: automatic unit sizes are multiples
+of it, so a unit's digest is made of whole blocks."""
+
+
 @dataclass
 class InputScan:
-    """What reading every record once found: the row count and the rows not to run."""
+    """What reading every record once found: the row count, the rows not to run and why, and
+    content hashes (of the whole file and of each block of rows)."""
 
     num_rows: int
     bad_rows: int
     duplicates: dict[int, str]
     """Row -> reason, for each repeat of an id seen earlier (only when skipping bad records)."""
+    digest: str = ""
+    """sha256 of every input's id and text, in order: what the results are computed from."""
+    block_rows: int = BLOCK_ROWS
+    block_digests: list[str] = field(default_factory=list)
+    """One digest per ``block_rows`` consecutive rows (the last block may be shorter)."""
+    reasons: Counter[str] = field(default_factory=Counter)
+    """How many bad records there are of each kind (``bad_reason``)."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """The first full message of each kind of bad record."""
 
 
-def scan(spec: InputSpec) -> InputScan:
+def bad_reason(message: str) -> str:
+    """The kind of problem, without where it was seen: ``in.jsonl:7: no field 'text'; fields
+    present: a, b`` -> ``no field 'text'``, so that many bad records can be counted by kind."""
+    message = re.sub(r"^.*?(:\d+| \(row \d+\)): ", "", message, count=1)
+    return re.split(r"[;,(]| HINT:|\.$|\. ", message, maxsplit=1)[0].strip()
+
+
+def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
     """Read every record before any model work: under ``on_error=fail`` the first bad record
-    stops the run here, before compute is spent; under ``skip`` bad records are counted."""
-    num_rows = bad = 0
+    stops the run here, before compute is spent; under ``skip`` bad records are counted by kind.
+    The content is hashed on the way, per ``block_rows`` rows, for the run's fingerprint."""
+    num_rows = 0
     first_seen: dict[Id, int] = {}
     duplicates: dict[int, str] = {}
+    reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    hasher = RowDigests(str(spec.path), block_rows)
     for row in read_rows(spec):
         num_rows += 1
-        if row.error is not None:
-            bad += 1
-            continue
-        if spec.id_field is None:
-            continue
-        first = first_seen.setdefault(row.id, row.index)
-        if first != row.index:
-            message = (
-                f"{spec.path} (row {row.index}): duplicate id {row.id!r}, first at row {first}."
-            )
-            if not spec.skip_bad:
-                raise InputError(f"{message} Ids must be unique. {SKIP_HINT}")
-            duplicates[row.index] = message
-            bad += 1
+        hasher.add(row)
+        error = row.error
+        if error is None and spec.id_field is not None:
+            first = first_seen.setdefault(row.id, row.index)  # type: ignore[arg-type]
+            if first != row.index:
+                error = (
+                    f"{spec.path} (row {row.index}): duplicate id {row.id!r}, first at row {first}."
+                )
+                if not spec.skip_bad:
+                    raise InputError(f"{error} Ids must be unique. {SKIP_HINT}")
+                duplicates[row.index] = error
+        if error is not None:
+            kind = "duplicate id" if row.index in duplicates else bad_reason(error)
+            reasons[kind] += 1
+            examples.setdefault(kind, error)
     if num_rows == 0:
         raise InputError(f"{spec.path}: the file holds no inputs. HINT: check data.path.")
-    return InputScan(num_rows, bad, duplicates)
+    digest, blocks = hasher.finish(num_rows)
+    bad = sum(reasons.values())
+    return InputScan(num_rows, bad, duplicates, digest, block_rows, blocks, reasons, examples)
 
 
 class RowStream:

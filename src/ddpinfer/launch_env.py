@@ -14,6 +14,7 @@ Detection order (first match wins, and the order matters):
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,22 @@ class LaunchEnv:
     """How often torchrun restarted the worker group (elastic restarts)."""
     gpus_per_task: int | None = None
     """GPUs the scheduler bound to this task alone (srun --gpus-per-task=k); None: not bound."""
+    requeue_count: int = 0
+    """How often SLURM requeued the job (SLURM_RESTART_COUNT), whatever started the ranks."""
+    run_id: str | None = None
+    """torchrun's rendezvous id (TORCHELASTIC_RUN_ID): the same for every attempt of a job."""
+    host: str = ""
+    """This machine's host name."""
+
+    @property
+    def is_first_attempt(self) -> bool:
+        """Neither a torchrun restart nor a SLURM requeue: the job's very first try."""
+        return self.restart_count == 0 and self.requeue_count == 0
+
+    @property
+    def job_key(self) -> str | None:
+        """What every attempt of one job shares: the SLURM job id, else torchrun's run id."""
+        return self.job_id or self.run_id
 
     @property
     def is_main(self) -> bool:
@@ -69,6 +86,12 @@ def _int(environ: Mapping[str, str], key: str, default: int | None = None) -> in
         return int(raw)
     except ValueError:
         raise LaunchError(f"{key}={raw!r} is not an integer") from None
+
+
+def _host(environ: Mapping[str, str]) -> str:
+    # The kernel's name, not SLURMD_NODENAME: the run lock compares it with a name recorded by a
+    # job that may not have run under SLURM, to decide whether a PID can be checked here.
+    return socket.gethostname()
 
 
 def _check_ranks(env: LaunchEnv) -> LaunchEnv:
@@ -117,6 +140,9 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
             store_hosted_by_agent=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
             job_id=environ.get("SLURM_JOB_ID"),
             restart_count=_int(environ, "TORCHELASTIC_RESTART_COUNT", 0),
+            requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            run_id=environ.get("TORCHELASTIC_RUN_ID") or None,
+            host=_host(environ),
         )
     )
 
@@ -168,12 +194,19 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             job_id=job_id,
             restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
             gpus_per_task=_gpus_per_task(environ),
+            requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            host=_host(environ),
         )
     )
 
 
 def single_process(environ: Mapping[str, str]) -> LaunchEnv:
-    return LaunchEnv(launcher="single", job_id=environ.get("SLURM_JOB_ID"))
+    return LaunchEnv(
+        launcher="single",
+        job_id=environ.get("SLURM_JOB_ID"),
+        requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+        host=_host(environ),
+    )
 
 
 def detect(environ: Mapping[str, str] | None = None) -> LaunchEnv:

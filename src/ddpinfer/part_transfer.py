@@ -33,9 +33,10 @@ def ranks_sharing_run_dir(group: ProcessGroup, run_dir: Path, setting: str) -> l
     probe = run_dir / f".shared-fs-probe-{uuid.uuid4().hex}" if group.env.is_main else None
     if probe is not None:
         probe.touch()
-    name = group.broadcast_object(probe.name if probe else None)
+    name = group.broadcast_object(probe.name if probe else None, finishing=True)
     try:
-        return [bool(x) for x in group.all_gather_object((run_dir / str(name)).exists())]
+        seen = (run_dir / str(name)).exists()
+        return [bool(x) for x in group.all_gather_object(seen, finishing=True)]
     finally:
         if probe is not None:
             probe.unlink(missing_ok=True)

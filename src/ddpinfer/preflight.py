@@ -1,15 +1,17 @@
 """Everything that can be checked before heavy work, agreed on by all ranks.
 
 Each rank checks what it alone can see (its copy of the input file, the model folder, on rank 0
-the output folder); then rank 0 reads every input record once, checks the run directory's
-fingerprint, and decides which work units are still to do. Ranks exchange the outcome in two
-small collectives, so a bad setting stops every rank at once, each naming the rank that saw the
-problem, instead of leaving the others waiting on it.
+the output folder); then rank 0 reads every input record once, hashing them, checks the run
+directory's fingerprint, and decides which work units are still to do, while one rank on every
+other node hashes its node's copy of the input. Ranks exchange the outcome in small collectives,
+so a bad setting stops every rank at once, each naming the rank that saw the problem, instead of
+leaving the others waiting on it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -21,11 +23,12 @@ from omegaconf import OmegaConf
 
 from ddpinfer import fingerprint, inputs, work_units
 from ddpinfer.atomic import atomic_text
+from ddpinfer.bad_inputs import check_bad_share
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.launch_env import LaunchEnv
 from ddpinfer.model_loading import check_model_path
-from ddpinfer.parts import finished_units, parts_dir
+from ddpinfer.parts import finished_units, part_path, parts_dir
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.tasks import input_fields, model_path
 
@@ -94,6 +97,17 @@ def _check_writable(folder: Path) -> None:
         ) from None
 
 
+def _check_not_the_input(output: Path, spec: inputs.InputSpec) -> None:
+    same = output.resolve() == spec.path.resolve()
+    if not same and output.exists():
+        same = os.path.samefile(output, spec.path)  # a link to the input
+    if same:
+        raise UserError(
+            f"output.path={output} is the input file data.path={spec.path}: the results would "
+            "overwrite the inputs. HINT: choose another output.path."
+        )
+
+
 def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs.InputSpec:
     if fmt == "npy" and cfg.task.name != "embed":
         raise UserError(
@@ -103,20 +117,59 @@ def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs
     spec = input_spec(cfg)
     check_model_path(model_path(cfg))
     if env.is_main:
+        _check_not_the_input(output, spec)
         _check_writable(output.parent)
     return spec
 
 
-def _plan_on_main(cfg: Config, spec: inputs.InputSpec, run_dir: Path) -> dict:
-    if cfg.run.fresh:
-        log.info("run.fresh=true: discarding earlier work in %s", run_dir)
-        shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
-        (run_dir / "fingerprint.json").unlink(missing_ok=True)
-    scan = inputs.scan(spec)
+def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> None:
+    if not fresh:
+        return
+    if not env.is_first_attempt:  # a restart or requeue must resume the work it started fresh
+        log.info(
+            "run.fresh=true applies to a job's first attempt only; this is a later one "
+            "(torchrun restart %d, SLURM requeue %d): resuming",
+            env.restart_count,
+            env.requeue_count,
+        )
+        return
+    log.info("run.fresh=true: discarding earlier work in %s", run_dir)
+    shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
+    (run_dir / fingerprint.FINGERPRINT).unlink(missing_ok=True)
+
+
+def _reconcile(run_dir: Path, new: dict) -> bool:
+    """Check the stored fingerprint against this run's and store this run's; drop the parts of
+    units whose rows changed. True if an earlier run left a fingerprint."""
+    stored = fingerprint.load(run_dir)
+    done = finished_units(run_dir)
+    if stored is None and done:
+        raise fingerprint.refuse_parts_without_fingerprint(run_dir, len(done))
+    stale = []
+    if stored is not None:
+        stale = sorted(set(fingerprint.changed_units(run_dir, stored, new)) & done)
+    if stale:
+        log.warning(
+            "the input rows of %d finished work unit(s) changed since they were computed; "
+            "recomputing them: unit(s) %s",
+            len(stale),
+            ", ".join(map(str, stale[:20])) + (" ..." if len(stale) > 20 else ""),
+        )
+        for unit in stale:  # before the new fingerprint: a crash in between loses nothing
+            part_path(run_dir, unit).unlink(missing_ok=True)
+    fingerprint.store(run_dir, new)
+    return stored is not None
+
+
+def _plan_on_main(cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path) -> dict:
+    _start_fresh(cfg.run.fresh, env, run_dir)
+    # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
+    # follows from the row count (automatic sizes are multiples of it).
+    scan = inputs.scan(spec, cfg.data.unit_size or inputs.BLOCK_ROWS)
+    if spec.skip_bad:
+        check_bad_share(scan, cfg.data.max_bad, spec.path)
     unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
-    resumed = fingerprint.check_or_store(
-        run_dir, fingerprint.compute(cfg, spec, model_path(cfg), scan.num_rows, unit_size)
-    )
+    resumed = _reconcile(run_dir, fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size))
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     units = work_units.plan_units(scan.num_rows, unit_size)
@@ -140,7 +193,24 @@ def _plan_on_main(cfg: Config, spec: inputs.InputSpec, run_dir: Path) -> dict:
         "unit_size": unit_size,
         "pending": pending,
         "bad_rows": scan.duplicates,
+        "inputs_digest": scan.digest,
     }
+
+
+def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:
+    """One rank per node other than rank 0's checks its node's copy of the input (skipped when
+    output.shared_fs=true says every node reads the same file)."""
+    return not env.is_main and env.local_rank == 0 and env.node_rank != 0 and shared_fs != "true"
+
+
+def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) -> None:
+    if mine != rank0s:
+        raise inputs.InputError(
+            f"data.path={spec.path} on {env.host} (node {env.node_rank}) holds other inputs than "
+            f"rank 0's copy (content digest {mine} here, {rank0s} on rank 0), so ranks would "
+            "compute from different data. HINT: copy the same input file to every node, or "
+            "put it on a filesystem they all share."
+        )
 
 
 def preflight(
@@ -152,8 +222,18 @@ def preflight(
     output_format: str,
 ) -> Plan:
     spec = agreed(group, lambda: _local_checks(cfg, env, output, output_format))
-    plan = agreed(group, lambda: _plan_on_main(cfg, spec, run_dir) if env.is_main else None)
-    plan = group.broadcast_object(plan)
+
+    def plan_or_digest() -> dict | str | None:
+        if env.is_main:
+            return _plan_on_main(cfg, env, spec, run_dir)
+        return inputs.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
+
+    mine = agreed(group, plan_or_digest)
+    plan = group.broadcast_object(mine if env.is_main else None)
+    if env.is_distributed:
+        digest = plan["inputs_digest"]
+        own = mine if isinstance(mine, str) else None
+        agreed(group, lambda: _check_copy(spec, env, own, digest) if own else None)
     units = work_units.plan_units(plan["num_rows"], plan["unit_size"])
     log.info(
         "%d input(s) in %d work unit(s) of up to %d; %d rank(s)",

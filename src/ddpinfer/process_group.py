@@ -16,6 +16,10 @@ from ddpinfer.launch_env import LaunchEnv
 
 log = logging.getLogger(__name__)
 
+FINISH_TIMEOUT_S = 120.0
+"""Timeout of the collectives after the loop: every rank is at the finish line by then (the
+liveness check saw to it), so one that takes longer means a peer is gone, not slow."""
+
 
 def connect_store(env: LaunchEnv, timeout: datetime.timedelta, purpose: str) -> dist.Store:
     """A client of the rendezvous store (rank 0 hosts it unless torchrun's agent does), with
@@ -41,6 +45,7 @@ class ProcessGroup:
         self.env = env
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self._control: dist.ProcessGroup | None = None
+        self._finish: dist.ProcessGroup | None = None
         if not env.is_distributed:
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -53,6 +58,8 @@ class ProcessGroup:
             device_id=device if device.type == "cuda" else None,
         )
         self._control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+        finish_s = min(timeout_s, FINISH_TIMEOUT_S)
+        self._finish = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=finish_s))
         log.debug("process group up: backend=%s world_size=%d", backend, env.world_size)
 
     @property
@@ -60,25 +67,28 @@ class ProcessGroup:
         """The gloo group for control traffic; None in a world of one."""
         return self._control
 
-    def broadcast_object(self, obj: object) -> object:
-        """Rank 0's ``obj``, on every rank."""
+    def _group(self, finishing: bool) -> dist.ProcessGroup | None:
+        return self._finish if finishing else self._control
+
+    def broadcast_object(self, obj: object, finishing: bool = False) -> object:
+        """Rank 0's ``obj``, on every rank. ``finishing``: after the loop, with a short timeout."""
         if self._control is None:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self._control)
+        dist.broadcast_object_list(box, src=0, group=self._group(finishing))
         return box[0]
 
-    def all_gather_object(self, obj: object) -> list[object]:
+    def all_gather_object(self, obj: object, finishing: bool = False) -> list[object]:
         """Every rank's small ``obj``, by rank. For a few bytes per rank only, never results."""
         if self._control is None:
             return [obj]
         out: list[object] = [None] * self.env.world_size
-        dist.all_gather_object(out, obj, group=self._control)
+        dist.all_gather_object(out, obj, group=self._group(finishing))
         return out
 
     def close(self) -> None:
         # No reference may outlive destroy_process_group: a process group destroyed only at
         # interpreter exit can abort the process ("terminate called without an active exception").
-        self._control = None
+        self._control = self._finish = None
         if dist.is_initialized():
             dist.destroy_process_group()

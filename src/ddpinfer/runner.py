@@ -35,12 +35,15 @@ from ddpinfer.pipeline import PartWriter, WindowFeed
 from ddpinfer.preflight import Plan, agreed, preflight
 from ddpinfer.process_group import ProcessGroup, connect_store
 from ddpinfer.run_dir import resolve_run_dir
+from ddpinfer.run_lock import take_run_lock
 from ddpinfer.stopping import (
     EXIT_PEER_FAILED,
     EXIT_PREEMPTED,
+    EXIT_UNEXPECTED,
     EXIT_USER_ERROR,
     PeerFailed,
     Preempted,
+    Stalled,
     StopSignals,
 )
 from ddpinfer.tasks import build_task
@@ -65,26 +68,55 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     device = resolve_device(cfg.device, env, cfg.model.gpus_per_replica)
     pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
-    setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
-    log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
-    if device.type == "cpu":
-        set_cpu_threads(cfg.cpu_threads, env.local_world_size)
     signals = StopSignals().install()
     group = ProcessGroup(env, device, cfg.run.timeout_s)
+    # Rank 0 locks the run directory before any rank writes to it (its log file included).
+    lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
+    try:
+        setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
+        log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
+        if lock is not None and lock.took_over:
+            log.warning("%s", lock.took_over)
+        if device.type == "cpu":
+            set_cpu_threads(cfg.cpu_threads, env.local_world_size)
+        result = _run_watched(cfg, env, device, run_dir, group, signals)
+    finally:
+        if lock is not None:
+            lock.release()
+    group.close()
+    return result
+
+
+def _run_watched(
+    cfg: Config,
+    env: launch_env.LaunchEnv,
+    device: torch.device,
+    run_dir: Path,
+    group: ProcessGroup,
+    signals: StopSignals,
+) -> RunResult:
+    """Run with heartbeats, progress and failure notices between ranks (when there are several)."""
     liveness = None
     if env.is_distributed:
-        liveness = Liveness(env, cfg.run.heartbeat_s, cfg.run.dead_after_s).start()
+        run_cfg = cfg.run
+        liveness = Liveness(
+            env, run_cfg.heartbeat_s, run_cfg.dead_after_s, run_cfg.stall_after_s
+        ).start()
 
     def check_stop() -> None:
-        signals.check()
         if liveness is not None:
+            if signals.received:  # torchrun's agent stops the others when a rank fails
+                liveness.poll_failures()
+                if liveness.failure_kind == "preempted":  # a signal to all: a preemption
+                    signals.check()
             liveness.check()
+        signals.check()
 
     try:
         result = _run(cfg, env, device, run_dir, group, liveness, check_stop)
     except BaseException as e:
         if liveness is not None:
-            if not isinstance(e, PeerFailed):
+            if not isinstance(e, (PeerFailed, Stalled)):
                 kind = "preempted" if isinstance(e, Preempted) else "error"
                 liveness.post_failure(f"{type(e).__name__}: {e}", kind)
             liveness.linger()
@@ -92,7 +124,6 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     finally:
         if liveness is not None:
             liveness.stop()
-    group.close()
     return result
 
 
@@ -113,15 +144,29 @@ def _run(
     plan = preflight(cfg, env, group, run_dir, output, fmt)
     task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
     started = time.perf_counter()
-    done, stats = _run_units(cfg, env, run_dir, plan, task, check_stop) if task else ([], None)
+    before_batch = check_stop
+    if liveness is not None:
+
+        def before_batch() -> None:  # the previous batch (if any) has finished
+            liveness.progress()
+            check_stop()
+
+        liveness.progress()  # the stall clock runs from here to the last batch
+    done, stats = (
+        _run_units(cfg, env, run_dir, plan, task, before_batch, check_stop) if task else ([], None)
+    )
     _save_stats(run_dir, env.rank, stats or Throughput(), started)
     if liveness is not None:
+        liveness.idle()
         liveness.wait_all_done(check_stop)
-        liveness.stop()  # from here on, ranks leave as they finish: no more heartbeats
+    faults.at_finish(cfg.fault, env.rank, env.restart_count)
+    # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
     collect_parts(group, run_dir, done, shares)
     if env.is_main:
         _merge(run_dir, plan, started)
+    if liveness is not None:
+        liveness.leave()
     return RunResult(run_dir, output if env.is_main else None, done)
 
 
@@ -134,16 +179,17 @@ def _unit_counter(env) -> Callable[[int], int]:
 
 
 def _run_units(
-    cfg: Config, env, run_dir: Path, plan: Plan, task, check_stop
+    cfg: Config, env, run_dir: Path, plan: Plan, task, before_batch, check_stop
 ) -> tuple[list[int], Throughput]:
     """Claim windows of work units until none are left; each unit's part is written as soon as
-    its last input is done."""
+    its last input is done. ``before_batch`` runs before each batch (it counts as progress);
+    ``check_stop`` while waiting for the next window (which does not)."""
     limits = batch_limits(cfg, task.device)
     window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
     claims = work_units.UnitClaims(
         plan.pending, plan.unit_size, env.world_size, window_rows, _unit_counter(env)
     )
-    runner = WindowRunner(task, limits, check_stop, cfg.fault, env.rank)
+    runner = WindowRunner(task, limits, before_batch, cfg.fault, env.rank)
     pin = task.device.type == "cuda"
     inputs = RowStream(plan.spec)
 
@@ -240,10 +286,13 @@ def main(cfg: DictConfig) -> None:
     except PeerFailed as e:
         report(f"stopping because {e}; finished work is kept for a re-run")
         code = EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED
+    except Stalled as e:
+        report(f"{e}; finished work is kept for a re-run")
+        code = EXIT_UNEXPECTED
     except Exception as e:
         traceback.print_exc()
         report(f"unexpected error: {type(e).__name__}: {e}")
-        code = 1
+        code = EXIT_UNEXPECTED
     # Leave without running C++ destructors: torch.distributed's can abort the process at
     # interpreter exit ("terminate called without an active exception", seen with gloo about
     # once in twenty runs even after destroy_process_group) or hang when peers are gone, and the

@@ -1,7 +1,8 @@
 """Why a rank stops early, the exit code each reason gets, and the signals that ask for it.
 
-Exit codes: 0 done; 1 an unexpected error (a traceback follows); 2 bad input or configuration
-(the message says what to fix); 3 another rank failed or died; 75 (EX_TEMPFAIL) stopped by
+Exit codes: 0 done; 1 an unexpected error (a traceback follows) or this rank stalled; 2 bad
+input or configuration (the message says what to fix); 3 another rank failed, stalled or died
+(that rank is named); 75 (EX_TEMPFAIL) stopped by
 SIGTERM/SIGUSR1 (preemption, a SLURM time limit) with finished work kept: run again to resume.
 """
 
@@ -11,12 +12,27 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+EXIT_UNEXPECTED = 1
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILED = 3
 EXIT_PREEMPTED = 75
+
+
+def config_errors_exit_2(hydra_main: Callable[[], None]) -> None:
+    """Run the ``@hydra.main`` function so that Hydra's own configuration errors (a key that is
+    not in the schema, a value of the wrong type, a malformed override) exit 2, like ddpinfer's,
+    instead of Hydra's 1. Any SystemExit(1) here is Hydra's: once Hydra calls the task function,
+    ``runner.main`` ends the process itself with its own exit code."""
+    try:
+        hydra_main()
+    except SystemExit as e:
+        if e.code == 1:
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise
 
 
 class PeerFailed(RuntimeError):
@@ -25,6 +41,10 @@ class PeerFailed(RuntimeError):
     def __init__(self, message: str, preempted: bool = False) -> None:
         super().__init__(message)
         self.preempted = preempted
+
+
+class Stalled(RuntimeError):
+    """This rank finished no batch for run.stall_after_s; the others were told."""
 
 
 class Preempted(RuntimeError):

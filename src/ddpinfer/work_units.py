@@ -39,14 +39,6 @@ def plan_units(num_rows: int, unit_size: int | None = None) -> list[range]:
     return [range(start, min(start + size, num_rows)) for start in range(0, num_rows, size)]
 
 
-def assign(num_items: int, rank: int, world_size: int) -> range:
-    """This rank's contiguous share of ``num_items``: the first ``num_items % world_size`` ranks
-    take one more, so shares differ by at most one and cover every item exactly once."""
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
-
-
 def split_rows(rows: Iterable[T], units: list[range]) -> Iterator[list[T]]:
     """Cut a stream of rows ``units[0].start, ...`` into the given ascending units, dropping
     rows that fall between them (units finished earlier, or another rank's)."""

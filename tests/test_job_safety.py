@@ -1,0 +1,224 @@
+"""Jobs that cannot collide, waits with a deadline, exit codes that tell the truth (issue 8,
+cases 4, 5, 7, 8 and 9). Real processes on CPU: plain ranks, torchrun, two torchrun "nodes"."""
+
+import signal
+import sys
+import threading
+import time
+
+import pytest
+from helpers import (
+    LAUNCHER,
+    TEXTS,
+    check,
+    free_port,
+    launch,
+    read_jsonl,
+    start,
+    start_ranks,
+    wait_all,
+    wait_for,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+N = 24
+FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
+
+
+@pytest.fixture
+def job(tmp_path, bert_embedder):
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(N)]
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    args = [
+        f"model.path={bert_embedder}",
+        "data.path=in.jsonl",
+        "data.id_field=uid",
+        "data.unit_size=4",
+        "batch_size=2",
+        "output.path=out.jsonl",
+        "run.name=job",
+    ]
+    return tmp_path, args
+
+
+def parts(tmp_path):
+    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
+
+
+def assert_complete(tmp_path):
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(N)]
+
+
+def last_line(text: str, rank: int) -> str:
+    return [x for x in text.splitlines() if x.startswith(f"ddpinfer: rank {rank}:")][-1]
+
+
+def stop_all(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_a_second_job_on_the_same_directory_stops_at_once(job):
+    tmp_path, args = job
+    first = start(
+        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=0.3"],
+        tmp_path,
+        tmp_path / "first.log",
+    )
+    try:
+        wait_for(lambda: len(parts(tmp_path)) >= 1)
+        # The same command again, even with run.fresh=true: refused before touching anything.
+        second = launch([*args, "run.fresh=true"], cwd=tmp_path, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by pid {first.pid} on " in second.stderr
+        assert parts(tmp_path)  # the first job's parts are still there
+        first.send_signal(signal.SIGKILL)  # gone without releasing its lock
+        first.wait(timeout=30)
+    finally:
+        stop_all([first])
+    result = check(launch(args, cwd=tmp_path))
+    assert "took over" in result.stderr and "no longer runs" in result.stderr
+    assert_complete(tmp_path)
+
+
+def test_fresh_applies_to_the_first_attempt_only(job):
+    tmp_path, args = job
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        str(LAUNCHER),
+        *args,
+        "run.fresh=true",
+        "fault.rank=1",
+        "fault.kind=exit",
+        "fault.at_unit=2",
+        "fault.attempt=0",
+    ]
+    proc = start(cmd, tmp_path, tmp_path / "torchrun.log")
+    assert proc.wait(timeout=300) == 0, (tmp_path / "torchrun.log").read_text()
+    log = (tmp_path / "torchrun.log").read_text()
+    assert "injected exit on rank 1" in log
+    assert "applies to a job's first attempt only" in log and "resuming" in log
+    assert_complete(tmp_path)
+
+
+def test_a_rank_that_makes_no_progress_is_reported_as_stalled(job):
+    tmp_path, args = job
+    began = time.monotonic()
+    hang = ["run.stall_after_s=3", "fault.rank=1", "fault.kind=hang", "fault.at_unit=1"]
+    procs = start_ranks([*args, *FAST_LIVENESS, *hang], 2, tmp_path)
+    try:
+        codes = wait_all(procs, timeout=90)
+    finally:
+        stop_all(procs)
+    logs = [(tmp_path / f"rank{r}.out").read_text() for r in (0, 1)]
+    assert codes == [3, 1], logs
+    assert "stopping because rank 1 stalled: finished no batch for" in last_line(logs[0], 0)
+    assert "rank 1 stalled" in last_line(logs[1], 1)
+    assert time.monotonic() - began < 60
+
+
+def test_waiting_for_the_others_has_a_deadline(tmp_path):
+    """Rank 0 is done and waits; rank 1 never finishes a batch nor says it is done."""
+    import torch.distributed as dist
+
+    from ddpinfer.launch_env import LaunchEnv
+    from ddpinfer.liveness import Liveness
+    from ddpinfer.stopping import PeerFailed
+
+    port = free_port()
+    host = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    env = LaunchEnv(
+        launcher="torchrun",
+        world_size=2,
+        store_addr="127.0.0.1",
+        store_port=port,
+        store_hosted_by_agent=True,
+        local_world_size=2,
+    )
+    liveness = Liveness(env, heartbeat_s=0.2, dead_after_s=60, stall_after_s=1)
+    outcome = []
+
+    def wait() -> None:
+        try:
+            liveness.wait_all_done(lambda: None)
+        except PeerFailed as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert outcome and outcome[0].startswith("rank 1 stalled: finished no batch for"), outcome
+    del host
+
+
+def test_survivors_of_a_failed_rank_name_it_not_a_preemption(job):
+    tmp_path, args = job
+    fault = ["fault.rank=1", "fault.at_unit=1", "fault.delay_s=0.3"]
+    result = launch([*args, *fault], nproc=3, cwd=tmp_path)
+    out = result.stderr + result.stdout
+    assert result.returncode != 0, out
+    assert "stopped by SIGTERM" not in out, out
+    assert "InjectedFault" in last_line(out, 1)
+    for rank in (0, 2):
+        assert "stopping because rank 1 failed: InjectedFault" in last_line(out, rank), out
+
+
+@pytest.mark.parametrize("override", ["batch_sz=3", "batch_size=abc"])
+def test_hydra_config_errors_exit_2(tmp_path, override):
+    result = launch([override], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert override.split("=")[0] in result.stderr
+
+
+def test_each_node_checks_its_input_copy(tmp_path, bert_embedder):
+    port = free_port()
+    procs = []
+    for node, texts in ((0, TEXTS), (1, [*TEXTS[:-1], "another last line"])):
+        (tmp_path / f"node{node}").mkdir()
+        write_jsonl(tmp_path / f"node{node}" / "in.jsonl", texts)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=copies",
+            str(LAUNCHER),
+            f"model.path={bert_embedder}",
+            "data.path=in.jsonl",
+            "output.path=out.jsonl",
+        ]
+        procs.append(start(cmd, tmp_path / f"node{node}", tmp_path / f"node{node}.log"))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        stop_all(procs)
+    logs = "\n".join((tmp_path / f"node{n}.log").read_text() for n in (0, 1))
+    assert codes[0] != 0 and codes[1] != 0, logs
+    assert "holds other inputs than rank 0's copy" in logs, logs
+    assert not list(tmp_path.glob("node*/out.jsonl"))
+
+
+def test_a_node_lost_during_the_part_transfer_is_noticed(job):
+    """Rank 1 freezes (SIGSTOP: silent, its connections still open, as a lost node) where it
+    would send its parts to rank 0. Rank 0 used to wait in the transfer for run.timeout_s."""
+    tmp_path, args = job
+    lost = ["output.shared_fs=false", "fault.rank=1", "fault.kind=freeze", "fault.at_finish=true"]
+    procs = start_ranks([*args, *FAST_LIVENESS, *lost], 2, tmp_path)
+    try:
+        assert procs[0].wait(timeout=90) == 3
+    finally:
+        stop_all(procs)
+    log = (tmp_path / "rank0.out").read_text()
+    assert "rank 1 stopped responding" in last_line(log, 0), log
+    assert not (tmp_path / "out.jsonl").exists()
