@@ -187,3 +187,29 @@ def run_in_process(overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     return run(cfg, environ={})
+
+
+def resumable_job(tmp_path: Path, model: Path, rows: int) -> list[str]:
+    """A job of ``rows`` inputs in units of 4 and batches of 2 (slowed down with fault.delay_s,
+    it can be interrupted mid-way), writing out.jsonl in run directory runs/job."""
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(rows)]
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    return [
+        f"model.path={model}",
+        "data.path=in.jsonl",
+        "data.id_field=uid",
+        "data.unit_size=4",
+        "batch_size=2",
+        "output.path=out.jsonl",
+        "run.name=job",
+    ]
+
+
+def job_parts(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
+
+
+def assert_complete(tmp_path: Path, rows: int) -> None:
+    """out.jsonl holds every input once, in order."""
+    ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert ids == [f"doc-{i}" for i in range(rows)]

@@ -5,13 +5,14 @@ import signal
 import sys
 import time
 
+import helpers
 import pytest
 from helpers import (
     LAUNCHER,
-    TEXTS,
     check,
+    job_parts,
     launch,
-    read_jsonl,
+    resumable_job,
     start,
     start_ranks,
     wait_all,
@@ -27,28 +28,15 @@ FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
 
 @pytest.fixture
 def job(tmp_path, bert_embedder):
-    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(N)]
-    write_jsonl(tmp_path / "in.jsonl", texts)
-    # 12 units of 4; batches of 2; a pause per batch so that runs can be interrupted mid-way.
-    args = [
-        f"model.path={bert_embedder}",
-        "data.path=in.jsonl",
-        "data.id_field=uid",
-        "data.unit_size=4",
-        "batch_size=2",
-        "output.path=out.jsonl",
-        "run.name=job",
-    ]
-    return tmp_path, args
+    return tmp_path, resumable_job(tmp_path, bert_embedder, N)
 
 
 def parts(tmp_path):
-    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
+    return job_parts(tmp_path)
 
 
 def assert_complete(tmp_path):
-    ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
-    assert ids == [f"doc-{i}" for i in range(N)]  # every input once, in order
+    helpers.assert_complete(tmp_path, N)
 
 
 def rank_logs(tmp_path, world_size):

@@ -104,7 +104,9 @@ def test_corrupt_and_missing_images_are_recorded_and_the_rest_runs(tmp_path, tin
     records[4]["image"] = "img/gone.png"
     write_records(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
-    result = run_in_process(args(tmp_path, tiny_llava, data, out, "data.on_error=skip", "data.max_bad=2"))
+    result = run_in_process(
+        args(tmp_path, tiny_llava, data, out, "data.on_error=skip", "data.max_bad=2")
+    )
     ids = [r["id"] for r in read_jsonl(out)]
     assert ids == ["q0", "q2", "q3", "q5", "q6"]
     errors = {e["id"]: e["error"] for e in read_jsonl(result.run_dir / "errors.jsonl")}

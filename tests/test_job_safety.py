@@ -6,14 +6,16 @@ import sys
 import threading
 import time
 
+import helpers
 import pytest
 from helpers import (
     LAUNCHER,
     TEXTS,
     check,
     free_port,
+    job_parts,
     launch,
-    read_jsonl,
+    resumable_job,
     start,
     start_ranks,
     wait_all,
@@ -29,26 +31,15 @@ FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
 
 @pytest.fixture
 def job(tmp_path, bert_embedder):
-    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(N)]
-    write_jsonl(tmp_path / "in.jsonl", texts)
-    args = [
-        f"model.path={bert_embedder}",
-        "data.path=in.jsonl",
-        "data.id_field=uid",
-        "data.unit_size=4",
-        "batch_size=2",
-        "output.path=out.jsonl",
-        "run.name=job",
-    ]
-    return tmp_path, args
+    return tmp_path, resumable_job(tmp_path, bert_embedder, N)
 
 
 def parts(tmp_path):
-    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
+    return job_parts(tmp_path)
 
 
 def assert_complete(tmp_path):
-    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(N)]
+    helpers.assert_complete(tmp_path, N)
 
 
 def last_line(text: str, rank: int) -> str:
@@ -63,8 +54,8 @@ def stop_all(procs) -> None:
 
 def test_a_second_job_on_the_same_directory_stops_at_once(job):
     tmp_path, args = job
-    first = start(
-        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=0.3"],
+    first = start(  # 12 batches of 1 s: still running when the second job starts
+        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=1"],
         tmp_path,
         tmp_path / "first.log",
     )
