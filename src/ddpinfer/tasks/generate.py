@@ -56,6 +56,9 @@ class GenerateTask(Task):
         super().__init__(tokenizer, model, max_length)
         self.cfg = cfg
         self.seed = seed
+        # Decoding runs on the compute thread while the next window is tokenized on another; a
+        # fast tokenizer used from two threads at once can fail ("Already borrowed").
+        self.decoder = copy.deepcopy(tokenizer)
         self.generation_config = copy.deepcopy(model.generation_config)
         # The checkpoint's own sampling defaults must not leak in: decoding is ours to choose.
         self.generation_config.update(
@@ -93,7 +96,7 @@ class GenerateTask(Task):
             logits_processor=self._sampling_processors(rows),
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        texts_out = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts_out = self.decoder.batch_decode(new_tokens, skip_special_tokens=True)
         return {"generated_text": texts_out}
 
 

@@ -10,6 +10,7 @@ again over the batch, padded.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ class ImageTextTask(GenerateTask):
         super().__init__(processor.tokenizer, model, None, cfg, seed)
         self.processor = processor
         self.image_field = image_field
+        # prepare and collate run on the background thread, but a batch split after an error
+        # is collated on the compute thread: one processor call at a time.
+        self._processor_lock = threading.Lock()
 
     def prompt(self, text: str, num_images: int) -> str:
         """One user turn, the image(s) then the text, with the generation prompt."""
@@ -68,7 +72,8 @@ class ImageTextTask(GenerateTask):
         paths = (row.fields or {})[self.image_field]
         decoded = images.load(paths)
         prompt = self.prompt(row.text, len(decoded))
-        alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
+        with self._processor_lock:
+            alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
         return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]))
 
     def cost(self, item: ImageTextItem) -> int:
@@ -76,12 +81,13 @@ class ImageTextTask(GenerateTask):
         return item.tokens + self.cfg.max_new_tokens
 
     def collate(self, items: Sequence[ImageTextItem]) -> dict[str, torch.Tensor]:
-        batch = self.processor(
-            images=[image for item in items for image in item.images],
-            text=[item.prompt for item in items],
-            padding=True,
-            return_tensors="pt",
-        )
+        with self._processor_lock:
+            batch = self.processor(
+                images=[image for item in items for image in item.images],
+                text=[item.prompt for item in items],
+                padding=True,
+                return_tensors="pt",
+            )
         return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     @torch.inference_mode()
