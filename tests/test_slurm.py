@@ -183,7 +183,7 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
         "output.path=out.jsonl",
         "data.unit_size=1",
         "batch_size=1",
-        "fault.delay_s=0.5",
+        "fault.delay_s=2",  # windows of 2 units: the first parts come after 4 s, 2 s before the end
     ]
     job = subprocess.run(
         cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=60
