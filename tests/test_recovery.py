@@ -122,3 +122,38 @@ def test_cls_pooling_without_normalisation_is_the_first_token_state(tmp_path, be
     got = [r["embedding"] for r in read_jsonl(tmp_path / "cls.jsonl")]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert abs(np.linalg.norm(got[0]) - 1) > 1e-3  # really not normalised
+
+
+def test_a_transient_cuda_error_fails_the_unit_not_its_inputs_and_a_rerun_retries_it(
+    tmp_path, bert_embedder
+):
+    from ddpinfer.inference import TransientError
+
+    write_jsonl(tmp_path / "in.jsonl", TEXTS * 3)
+    common = ["data.unit_size=4", "batch_size=2", "batch.sort_rows=4"]  # one unit per window
+    run_in_process(embed_args(tmp_path, bert_embedder, "clean.jsonl", *common))
+    args = embed_args(tmp_path, bert_embedder, "out.jsonl", *common)
+    with pytest.raises(TransientError, match="retried when the same command runs again"):
+        run_in_process([*args, "fault.cuda_error_at_batch=5"])
+    run_dir = next((tmp_path / "runs").glob("out-*"))
+    kept = sorted(p.name for p in (run_dir / "parts").iterdir())
+    assert kept == ["unit-000000.arrow", "unit-000001.arrow"]  # 4 batches of 2: units 0 and 1
+    result = run_in_process(args)  # the same command again: the failed unit is retried
+    assert read_jsonl(result.run_dir / "errors.jsonl") == []
+    clean, out = read_jsonl(tmp_path / "clean.jsonl"), read_jsonl(tmp_path / "out.jsonl")
+    assert [r["id"] for r in out] == [r["id"] for r in clean]
+    np.testing.assert_allclose(
+        [r["embedding"] for r in out], [r["embedding"] for r in clean], atol=1e-5
+    )
+
+
+def test_a_unit_whose_every_input_fails_is_recorded_and_the_rest_runs(tmp_path, gpt2_generator):
+    too_long = " ".join(["token"] * 400)  # the tiny GPT-2 has 128 positions
+    texts = [*TEXTS[:4], too_long, too_long, *TEXTS[4:6]]  # units of 2: unit 2 is all bad
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    args = [*embed_args(tmp_path, gpt2_generator, "out.jsonl"), "task=generate"]
+    result = run_in_process([*args, "task.max_new_tokens=2", "data.unit_size=2"])
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [
+        f"doc-{i}" for i in (0, 1, 2, 3, 6, 7)
+    ]
+    assert [e["id"] for e in read_jsonl(result.run_dir / "errors.jsonl")] == ["doc-4", "doc-5"]

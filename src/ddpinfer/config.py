@@ -175,6 +175,9 @@ class FaultConfig:
     attempt: int | None = 0
     """Fail only on this attempt (torchrun's restart count; SLURM's requeue count). Unset: on
     every attempt."""
+    cuda_error_at_batch: int | None = None
+    """On fault.rank (every rank when unset), the forward pass after this many batches raises a
+    CUDA error: a transient failure, which fails its work unit, not its inputs."""
     oom_above: int | None = None
     """On every rank, a batch of more than this many inputs raises torch.OutOfMemoryError."""
     delay_s: float = 0.0

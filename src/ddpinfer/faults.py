@@ -47,9 +47,14 @@ def _fail(kind: str, rank: int, where: str) -> None:
     raise InjectedFault(f"injected fault on rank {rank} {where}")
 
 
-def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0) -> None:
+def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_done: int = 0) -> None:
     if fault.delay_s and fault.slow_rank in (None, rank):
         time.sleep(fault.delay_s)
+    if fault.cuda_error_at_batch == batches_done and fault.rank in (None, rank):
+        raise RuntimeError(
+            f"CUDA error: an illegal memory access was encountered (injected before batch "
+            f"{batches_done} by fault.cuda_error_at_batch)"
+        )
     if fault.oom_above is not None and batch_size > fault.oom_above:
         raise torch.OutOfMemoryError(
             f"injected: a batch of {batch_size} is over fault.oom_above={fault.oom_above}"

@@ -222,7 +222,7 @@ class WindowRunner:
             collated = _collate(self.task, [window.items[p] for p in batch], False)
         failure: BaseException | None = None
         try:
-            faults.before_batch(self.fault, len(batch), self.rank)
+            faults.before_batch(self.fault, len(batch), self.rank, self.stats.batches)
             rows = [window.flat[p].index for p in batch]
             result = self.task(to_device(collated, self.task.device), rows)
             columns = rows_to_columns(result) if isinstance(result, list) else dict(result)
