@@ -117,3 +117,22 @@ def test_a_unit_whose_every_input_failed_merges_like_any_other(tmp_path):
     summary = merge_parts(tmp_path, [range(0, 2), range(2, 4)], tmp_path / "o.parquet", "parquet")
     assert (summary.written, summary.errors) == (2, 2)
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 2
+
+
+def test_hf_dataset_folder_loads_with_datasets_and_is_replaced_on_rerun(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    units = [range(0, 3), range(3, 5)]
+    embeddings = np.arange(10, dtype=np.float32).reshape(5, 2)
+    for i, unit in enumerate(units):
+        good = [r for r in unit if r != 4]
+        bad = [{"row": 4, "id": 4, "error": "bad"}] if 4 in unit else []
+        columns = {"embedding": embeddings[good], "label": [f"l{r}" for r in good]}
+        write_part(tmp_path, i, build_table(good, good, columns, bad))
+    out = tmp_path / "out"
+    for _ in range(2):  # a second merge replaces the folder
+        summary = merge_parts(tmp_path, units, out, "hf_dataset")
+    assert (summary.written, summary.errors) == (4, 1)
+    dataset = datasets.load_from_disk(str(out))
+    assert dataset["id"] == [0, 1, 2, 3] and dataset["label"] == ["l0", "l1", "l2", "l3"]
+    np.testing.assert_array_equal(np.array(dataset["embedding"]), embeddings[:4])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,3 +33,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_text(path: Path) -> Iterator[IO[str]]:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success its files are fsynced and the folder
+    takes the place of ``path`` (whatever was there before is removed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
+        replaced = path.exists()
+        if replaced:
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if replaced:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

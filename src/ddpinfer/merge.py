@@ -2,13 +2,15 @@
 
 Memory stays bounded by one part at a time. Every row must appear exactly once (as a result or
 as an error), or the merge stops naming what is missing or duplicated, and no output is written.
-Results are never re-parsed: Arrow columns go to Parquet as they are, to ``.npy`` as raw float32,
-and to JSON Lines through orjson (float32 values in their shortest form).
+Results are never re-parsed: Arrow columns go to Parquet and to a Hugging Face ``datasets`` folder
+as they are, to ``.npy`` as raw float32, and to JSON Lines through orjson (float32 values in their
+shortest form).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from ddpinfer.atomic import atomic_path, atomic_text
+from ddpinfer.atomic import atomic_dir, atomic_path, atomic_text
 from ddpinfer.errors import UserError
 from ddpinfer.parts import ERRORS_KEY, ID_ENCODING_KEY, finished_units, part_path, read_part
 
@@ -102,11 +104,11 @@ def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> Me
     """Write ``output`` atomically from the parts, and the inputs that could not be run to
     ``<run dir>/errors.jsonl`` (id, row and reason), also atomically."""
     errors_path = run_dir / "errors.jsonl"
-    writer_class = {"jsonl": JsonlWriter, "parquet": ParquetWriter, "npy": NpyWriter}[fmt]
+    writer_class = WRITERS[fmt]
     written = errors = 0
     with contextlib.ExitStack() as stack:
         errors_file = stack.enter_context(atomic_text(errors_path))
-        tmp = stack.enter_context(atomic_path(output))
+        tmp = stack.enter_context((atomic_dir if fmt == "hf_dataset" else atomic_path)(output))
         ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
         writer = writer_class(tmp, ids_tmp, run_dir, units)
         try:
@@ -189,15 +191,7 @@ class ParquetWriter:
     def write(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
 
-        ids = table.column("id")
-        field = table.schema.field("id")
-        if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
-            ids = pa.array([str(i) for i in python_ids(table)], pa.string())
-        ids = ids.cast(self.id_type)
-        out = pa.Table.from_arrays(
-            [ids, *(table.column(n) for n in _task_fields(table))],
-            names=["id", *_task_fields(table)],
-        )
+        out = _output_table(table, self.id_type)
         if self.writer is None:
             self.schema = out.schema
             strings = [f.name for f in out.schema if pa.types.is_string(f.type)]
@@ -211,6 +205,68 @@ class ParquetWriter:
             self.writer.close()
         else:  # no results at all: still a valid, empty file
             pq.write_table(pa.table({"id": pa.array([], self.id_type)}), self.tmp)
+
+
+def _output_table(table: pa.Table, id_type: pa.DataType) -> pa.Table:
+    """A part as output columns: ``id`` as ``id_type`` (mixed ids as strings), then the task's
+    fields; the part's row numbers and metadata stay behind."""
+    ids = table.column("id")
+    field = table.schema.field("id")
+    if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
+        ids = pa.array([str(i) for i in python_ids(table)], pa.string())
+    ids = ids.cast(id_type)
+    return pa.Table.from_arrays(
+        [ids, *(table.column(n) for n in _task_fields(table))],
+        names=["id", *_task_fields(table)],
+    )
+
+
+class HfDatasetWriter:
+    """A folder that ``datasets.load_from_disk`` opens as a ``Dataset``: one Arrow stream file
+    (``datasets``' own on-disk form, memory-mapped when loaded), ``state.json`` naming it and
+    ``dataset_info.json`` (features are read from the Arrow schema). Columns as for Parquet."""
+
+    DATA_FILE = "data-00000-of-00001.arrow"
+
+    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        self.folder = tmp
+        self.id_type = _common_id_type(run_dir, units)
+        self.sink = pa.OSFile(str(tmp / self.DATA_FILE), "wb")
+        self.writer: Any = None
+        self.schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        out = _output_table(table, self.id_type)
+        if self.writer is None:
+            self.schema = out.schema
+            self.writer = pa.ipc.new_stream(self.sink, self.schema)
+        self.writer.write_table(out.cast(self.schema))
+
+    def close(self) -> None:
+        if self.writer is None:  # no results at all: still a loadable, empty dataset
+            self.writer = pa.ipc.new_stream(self.sink, pa.schema([("id", self.id_type)]))
+        self.writer.close()
+        self.sink.close()
+        state = {
+            "_data_files": [{"filename": self.DATA_FILE}],
+            "_fingerprint": file_sha256(self.folder / self.DATA_FILE)[:16],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (self.folder / "state.json").write_text(json.dumps(state, indent=2))
+        info = {"description": "ddpinfer output", "citation": "", "homepage": "", "license": ""}
+        (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _part_schemas(run_dir: Path, units: list[range]) -> Iterator[pa.Schema]:
@@ -263,3 +319,11 @@ class NpyWriter:
             np.save(self.file, np.zeros((0, 0), np.float32))
         self.file.close()
         self.ids_file.close()
+
+
+WRITERS = {
+    "jsonl": JsonlWriter,
+    "parquet": ParquetWriter,
+    "npy": NpyWriter,
+    "hf_dataset": HfDatasetWriter,
+}
