@@ -83,11 +83,20 @@ def test_typos_and_wrong_types_are_rejected(override):
         ("model.dtype=fp8", "model.dtype='fp8'"),
         ("task.pooling=max", "task.pooling='max'"),
         ("model.gpus_per_replica=0", "model.gpus_per_replica=0 must be positive"),
+        ("log.level=chatty", "log.level='CHATTY' is not one of"),
+        ("log.progress_every_s=0", "log.progress_every_s=0"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         to_config(composed(override))
+
+
+def test_log_keys_reach_the_schema_and_log_level_is_gone():
+    cfg = to_config(composed("log.level=debug", "log.progress=false", "log.progress_every_s=5"))
+    assert (cfg.log.level, cfg.log.progress, cfg.log.progress_every_s) == ("DEBUG", False, 5)
+    with pytest.raises(ConfigCompositionException):
+        composed("log_level=DEBUG")  # now log.level
 
 
 def test_image_text_and_replica_keys_reach_the_schema():

@@ -108,3 +108,24 @@ def test_classify_csv_in_parquet_out(tmp_path, bert_classifier):
         assert a["label"] in {"negative", "neutral", "positive"}
         assert len(a["top_k"]) == 2 and a["top_k"][0]["label"] == a["label"]
     assert json.loads(json.dumps(reference[0]))["score"] >= reference[0]["top_k"][1]["score"]
+
+
+def test_hf_dataset_output_loads_back_with_datasets(tmp_path, inputs, bert_embedder):
+    datasets = pytest.importorskip("datasets")
+    _, single = job(tmp_path, "ref", bert_embedder, "embed")
+    folder = tmp_path / "embeddings"
+    job(
+        tmp_path,
+        "hf",
+        bert_embedder,
+        "embed",
+        f"output.path={folder}",
+        "output.format=hf_dataset",
+        nproc=2,
+    )
+    dataset = datasets.load_from_disk(str(folder))
+    reference = read_jsonl(single)
+    assert dataset["id"] == [r["id"] for r in reference]
+    np.testing.assert_allclose(
+        np.array(dataset["embedding"]), [r["embedding"] for r in reference], atol=1e-5
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
 
 from ddpinfer.errors import UserError
 
@@ -22,7 +23,8 @@ class ConfigError(UserError):
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
-OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy")
+OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit", "hang", "freeze")
@@ -116,7 +118,8 @@ class OutputConfig:
     """Final result file. Unset: output.<format> inside the run directory."""
     format: str = "auto"
     """auto (from the suffix of output.path, else jsonl) | jsonl | parquet | npy (embed only: one
-    float32 [N, dim] matrix, ids beside it in <stem>.ids.jsonl)."""
+    float32 [N, dim] matrix, ids beside it in <stem>.ids.jsonl) | hf_dataset (a folder for
+    datasets.load_from_disk)."""
     shared_fs: str = "auto"
     """Do all nodes see rank 0's run directory? auto (probe it) | true | false (parts are sent
     to rank 0 over the process group)."""
@@ -208,9 +211,27 @@ class BatchConfig:
 
 
 @dataclass(kw_only=True)
+class LogConfig:
+    """What rank 0 shows on the console; every rank's full log is <run dir>/logs/rankN.log."""
+
+    level: str = "INFO"
+    """DEBUG | INFO | WARNING | ERROR."""
+    progress: bool = True
+    """One progress bar for the whole job on rank 0 (when stderr is a terminal). false, or no
+    terminal: one progress line every log.progress_every_s instead."""
+    progress_every_s: float = 30.0
+    """Seconds between progress lines when there is no progress bar."""
+
+    def __post_init__(self) -> None:
+        self.level = str(self.level).upper()
+        _check_choice("log.level", self.level, LOG_LEVELS)
+        _check_positive("log.progress_every_s", self.progress_every_s)
+
+
+@dataclass(kw_only=True)
 class TaskConfig:
     name: str = MISSING
-    """Which task runs; chosen with task=embed|classify|generate|image_text."""
+    """Which task runs; chosen with task=embed|classify|generate|image_text|custom."""
 
 
 @dataclass(kw_only=True)
@@ -266,6 +287,25 @@ class ImageTextTaskConfig(GenerateTaskConfig):
 
 
 @dataclass(kw_only=True)
+class CustomTaskConfig(TaskConfig):
+    """Your own class (see README, "Your own task"). Extra keys are passed through to it:
+    `+task.my_key=value` arrives as cfg.task.my_key."""
+
+    name: str = "custom"
+    target: str = MISSING
+    """The class to run, as package.module:ClassName (importable from the working directory or
+    PYTHONPATH) or path/to/file.py:ClassName."""
+
+    def __post_init__(self) -> None:
+        module, _, name = self.target.partition(":")
+        if not module or not name.isidentifier():
+            raise ValueError(
+                f"task.target={self.target!r} must look like package.module:ClassName or "
+                "path/to/file.py:ClassName"
+            )
+
+
+@dataclass(kw_only=True)
 class Config:
     task: Any = MISSING
     """One of the TaskConfig subclasses, selected through the config group `task`."""
@@ -275,6 +315,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     batch_size: int = 256
     """At most this many inputs per forward pass (batch.max_tokens usually binds first)."""
     device: str = "auto"
@@ -283,7 +324,6 @@ class Config:
     """Torch threads per process on CPU. Unset: the node's cores divided by its processes."""
     seed: int = 0
     """Seed for sampling; each input draws from its own stream derived from this and its row."""
-    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         _check_positive("batch_size", self.batch_size)
@@ -296,6 +336,7 @@ TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "classify": ClassifyTaskConfig,
     "generate": GenerateTaskConfig,
     "image_text": ImageTextTaskConfig,
+    "custom": CustomTaskConfig,
 }
 
 
@@ -317,6 +358,10 @@ def to_config(cfg: DictConfig) -> Config:
         config = OmegaConf.to_object(cfg)
     except ValueError as e:  # raised by a schema's __post_init__, naming the key and value
         raise ConfigError(str(e)) from None
+    except MissingMandatoryValue as e:
+        raise ConfigError(
+            f"{e.full_key} is required. HINT: set it on the command line: {e.full_key}=..."
+        ) from None
     if not isinstance(config, Config):
         raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
     if not isinstance(config.task, TaskConfig):

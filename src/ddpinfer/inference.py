@@ -104,11 +104,11 @@ class Throughput:
     real_tokens: int = 0
     padded_tokens: int = 0
 
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
+    def add(self, batch: dict[str, torch.Tensor], rows: int) -> None:
         mask = batch.get("attention_mask")
         self.batches += 1
+        self.inputs += rows
         if mask is not None:
-            self.inputs += mask.shape[0]
             self.real_tokens += int(mask.sum())
             self.padded_tokens += mask.numel()
 
@@ -233,7 +233,7 @@ class WindowRunner:
             failure = e
         width = collated["input_ids"].shape[1] if "input_ids" in collated else 1
         if failure is None:
-            self.stats.add(collated)
+            self.stats.add(collated, len(batch))
             self.budget.fitted(width)
             for i, pos in enumerate(batch):
                 outputs[pos] = (columns, i)

@@ -8,6 +8,14 @@ from pathlib import Path
 
 FORMAT = "%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
 
+FILE_ONLY = {"file_only": True}
+"""``log.info(..., extra=FILE_ONLY)``: a line for the rank's log file, never the console (the
+per-unit lines: rank 0's console has the progress bar for them)."""
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
 
 def setup_logging(run_dir: Path, rank: int, is_main: bool, level: str = "INFO") -> Path:
     log_file = run_dir / "logs" / f"rank{rank}.log"
@@ -15,7 +23,9 @@ def setup_logging(run_dir: Path, rank: int, is_main: bool, level: str = "INFO") 
     formatter = logging.Formatter(FORMAT.format(rank=rank), datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.FileHandler(log_file, encoding="utf-8")]
     if is_main:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(_not_file_only)
+        handlers.append(console)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 import traceback
@@ -19,21 +20,22 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ddpinfer import faults, launch_env, work_units
+from ddpinfer import faults, launch_env, manifest, summary, work_units
 from ddpinfer.atomic import atomic_text
 from ddpinfer.batching import BatchLimits
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.errors import UserError
-from ddpinfer.inference import Throughput, Window, WindowRunner, prepare_window
+from ddpinfer.inference import Throughput, UnitResult, Window, WindowRunner, prepare_window
 from ddpinfer.inputs import Row, RowStream
 from ddpinfer.liveness import Liveness
-from ddpinfer.logs import setup_logging
-from ddpinfer.merge import merge_parts, output_format
+from ddpinfer.logs import FILE_ONLY, setup_logging
+from ddpinfer.merge import MergeSummary, merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
 from ddpinfer.pipeline import PartWriter, WindowFeed
 from ddpinfer.preflight import Plan, agreed, preflight
 from ddpinfer.process_group import ProcessGroup, connect_store
+from ddpinfer.progress import Progress, Reporter
 from ddpinfer.run_dir import resolve_run_dir
 from ddpinfer.run_lock import take_run_lock
 from ddpinfer.stopping import (
@@ -46,7 +48,7 @@ from ddpinfer.stopping import (
     Stalled,
     StopSignals,
 )
-from ddpinfer.tasks import build_task
+from ddpinfer.tasks import build_task, model_path
 
 log = logging.getLogger("ddpinfer")
 
@@ -64,6 +66,7 @@ class RunResult:
 
 
 def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
+    clock = manifest.Stopwatch()
     env = launch_env.detect(environ)
     device = resolve_device(cfg.device, env, cfg.model.gpus_per_replica)
     pin_device(device)
@@ -73,13 +76,13 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     # Rank 0 locks the run directory before any rank writes to it (its log file included).
     lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
     try:
-        setup_logging(run_dir, env.rank, env.is_main, cfg.log_level)
+        setup_logging(run_dir, env.rank, env.is_main, cfg.log.level)
         log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
         if lock is not None and lock.took_over:
             log.warning("%s", lock.took_over)
         if device.type == "cpu":
             set_cpu_threads(cfg.cpu_threads, env.local_world_size)
-        result = _run_watched(cfg, env, device, run_dir, group, signals)
+        result = _run_watched(cfg, env, device, run_dir, group, signals, clock)
     finally:
         if lock is not None:
             lock.release()
@@ -94,6 +97,7 @@ def _run_watched(
     run_dir: Path,
     group: ProcessGroup,
     signals: StopSignals,
+    clock: manifest.Stopwatch,
 ) -> RunResult:
     """Run with heartbeats, progress and failure notices between ranks (when there are several)."""
     liveness = None
@@ -113,7 +117,7 @@ def _run_watched(
         signals.check()
 
     try:
-        result = _run(cfg, env, device, run_dir, group, liveness, check_stop)
+        result = _run(cfg, env, device, run_dir, group, liveness, check_stop, clock)
     except BaseException as e:
         if liveness is not None:
             if not isinstance(e, (PeerFailed, Stalled)):
@@ -135,14 +139,18 @@ def _run(
     group: ProcessGroup,
     liveness: Liveness | None,
     check_stop,
+    clock: manifest.Stopwatch,
 ) -> RunResult:
     output = Path(cfg.output.path).expanduser() if cfg.output.path else None
     fmt = output_format(output or Path("output.jsonl"), cfg.output.format)
     output = output or run_dir / f"output.{fmt}"
     if env.is_main:
         log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
+    clock.lap("startup")
     plan = preflight(cfg, env, group, run_dir, output, fmt)
+    clock.lap("preflight")
     task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
+    clock.lap("model_load")
     started = time.perf_counter()
     before_batch = check_stop
     if liveness is not None:
@@ -152,22 +160,64 @@ def _run(
             check_stop()
 
         liveness.progress()  # the stall clock runs from here to the last batch
-    done, stats = (
-        _run_units(cfg, env, run_dir, plan, task, before_batch, check_stop) if task else ([], None)
-    )
-    _save_stats(run_dir, env.rank, stats or Throughput(), started)
-    if liveness is not None:
-        liveness.idle()
-        liveness.wait_all_done(check_stop)
+    total = plan.units[-1].stop if plan.units else 0
+    progress = Progress(env, total, total - sum(len(plan.units[u]) for u in plan.pending), cfg.log)
+    try:
+        done, stats = (
+            _run_units(cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter)
+            if task
+            else ([], None)
+        )
+        record = _save_stats(run_dir, env.rank, stats or Throughput(), started, progress, device)
+        if liveness is not None:
+            liveness.idle()
+            liveness.wait_all_done(check_stop)
+    except BaseException:
+        progress.stop(final=False)
+        raise
+    progress.stop()
+    clock.lap("inference")
     faults.at_finish(cfg.fault, env.rank, env.restart_count)
+    ranks = group.all_gather_object(record, finishing=True)
     # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
     collect_parts(group, run_dir, done, shares)
     if env.is_main:
-        _merge(run_dir, plan, started)
+        merged = _merge(run_dir, plan, started)
+        clock.lap("merge")
+        _finish(cfg, env, clock, ranks, run_dir, plan, merged, task)
     if liveness is not None:
         liveness.leave()
     return RunResult(run_dir, output if env.is_main else None, done)
+
+
+def _finish(
+    cfg: Config,
+    env: launch_env.LaunchEnv,
+    clock: manifest.Stopwatch,
+    ranks: list,
+    run_dir: Path,
+    plan: Plan,
+    merged: MergeSummary,
+    task,
+) -> None:
+    """Rank 0: the summary table on the console and this attempt's entry in manifest.json."""
+    log.info("summary (this attempt):\n%s", summary.table(ranks))
+    entry = manifest.attempt(
+        cfg=cfg,
+        env=env,
+        clock=clock,
+        ranks=ranks,
+        model=manifest.model_identity(model_path(cfg), getattr(task, "model", None)),
+        run_dir=run_dir,
+        output={
+            "path": str(plan.output),
+            "format": plan.output_format,
+            "rows": merged.written,
+            "errors": merged.errors,
+        },
+    )
+    log.info("manifest: %s", manifest.append_attempt(run_dir, entry))
 
 
 def _unit_counter(env) -> Callable[[int], int]:
@@ -179,7 +229,14 @@ def _unit_counter(env) -> Callable[[int], int]:
 
 
 def _run_units(
-    cfg: Config, env, run_dir: Path, plan: Plan, task, before_batch, check_stop
+    cfg: Config,
+    env,
+    run_dir: Path,
+    plan: Plan,
+    task,
+    before_batch,
+    check_stop,
+    reporter: Reporter,
 ) -> tuple[list[int], Throughput]:
     """Claim windows of work units until none are left; each unit's part is written as soon as
     its last input is done. ``before_batch`` runs before each batch (it counts as progress);
@@ -204,12 +261,17 @@ def _run_units(
 
     start, started_units = time.perf_counter(), 0
     with PartWriter(run_dir) as writer, WindowFeed(claims.next, make_window, check_stop) as feed:
+
+        def unit_done(result: UnitResult) -> None:
+            writer.submit(result)
+            reporter.unit_done(len(result.rows), len(result.errors), runner.stats.real_tokens)
+
         for window in feed:
             faults.before_units(
                 cfg.fault, env.rank, env.restart_count, started_units, len(window.units)
             )
             started_units += len(window.units)
-            runner.run(window, writer.submit, feed.request_next, feed.lead_s)
+            runner.run(window, unit_done, feed.request_next, feed.lead_s)
             writer.check()
             elapsed = max(time.perf_counter() - start, 1e-9)
             log.info(
@@ -218,6 +280,7 @@ def _run_units(
                 started_units,
                 runner.stats.inputs / elapsed,
                 runner.stats.real_tokens / max(1, runner.stats.padded_tokens),
+                extra=FILE_ONLY,  # rank 0's console has the progress bar instead
             )
     return writer.done, runner.stats
 
@@ -231,11 +294,18 @@ def batch_limits(cfg: Config, device: torch.device) -> BatchLimits:
     return BatchLimits(cfg.batch_size, cfg.batch.max_tokens or default)
 
 
-def _save_stats(run_dir: Path, rank: int, stats: Throughput, start: float) -> None:
-    """This rank's inference phase (model loaded to last part written), for benchmarks."""
+def _save_stats(
+    run_dir: Path, rank: int, stats: Throughput, start: float, progress: Progress, device
+) -> dict:
+    """This rank's inference phase (model loaded to last part written), for benchmarks, the
+    summary and the manifest."""
     seconds = time.perf_counter() - start
     record = {
         **dataclasses.asdict(stats),
+        "rows": progress.reporter.counts.rows,
+        "errors": progress.reporter.counts.errors,
+        "host": socket.gethostname(),
+        "device": str(device),
         "seconds": seconds,
         "started_at": time.time() - seconds,
         "finished_at": time.time(),
@@ -243,6 +313,7 @@ def _save_stats(run_dir: Path, rank: int, stats: Throughput, start: float) -> No
     }
     with atomic_text(run_dir / "stats" / f"rank{rank}.json") as f:
         json.dump(record, f)
+    return record
 
 
 def _peak_rss_mb() -> float:
@@ -254,7 +325,7 @@ def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
     return row if reason is None or row.error else dataclasses.replace(row, text="", error=reason)
 
 
-def _merge(run_dir: Path, plan: Plan, started: float) -> None:
+def _merge(run_dir: Path, plan: Plan, started: float) -> MergeSummary:
     merge_began = time.perf_counter()
     summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
     record = {"seconds": time.perf_counter() - merge_began, "peak_rss_mb": _peak_rss_mb()}
@@ -269,6 +340,7 @@ def _merge(run_dir: Path, plan: Plan, started: float) -> None:
         f" recorded in {summary.errors_path}" if summary.errors else "",
         time.perf_counter() - started,
     )
+    return summary
 
 
 def main(cfg: DictConfig) -> None:
