@@ -85,6 +85,7 @@ def test_typos_and_wrong_types_are_rejected(override):
         ("model.gpus_per_replica=0", "model.gpus_per_replica=0 must be positive"),
         ("log.level=chatty", "log.level='CHATTY' is not one of"),
         ("log.progress_every_s=0", "log.progress_every_s=0"),
+        ("task=custom", "task.target is required"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -92,7 +92,9 @@ def prepare_window(
 
 def _collate(task: Task, items: list[Any], pin: bool) -> dict[str, torch.Tensor]:
     batch = task.collate(items)
-    return {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+    if not pin:
+        return batch
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass

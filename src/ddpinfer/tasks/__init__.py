@@ -17,6 +17,7 @@ TASK_MODULES = {
     "classify": "ddpinfer.tasks.classify",
     "generate": "ddpinfer.tasks.generate",
     "image_text": "ddpinfer.tasks.image_text",
+    "custom": "ddpinfer.tasks.custom",
 }
 
 
@@ -31,6 +32,8 @@ def model_path(cfg: Config) -> str:
     """model.path, or the task's bundled default (embed: all-MiniLM-L6-v2)."""
     if cfg.model.path:
         return cfg.model.path
+    if cfg.task.name == "custom":  # the class loads what it needs itself
+        return f"custom:{cfg.task.target}"
     if cfg.task.name == "embed":
         return model_loading.bundled_model_path()
     raise UserError(f"model.path is required for task={cfg.task.name} (no bundled default)")

@@ -90,8 +90,12 @@ def pad_token_ids(
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Copy a collated batch to ``device``; pinned host memory makes the copy asynchronous."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Copy a collated batch's tensors to ``device`` (pinned host memory makes the copy
+    asynchronous); anything else, like a custom task's texts, is passed as it is."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def rows_to_columns(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

@@ -1,0 +1,64 @@
+"""task=custom: the README's example class (examples/word_count_task.py) on two ranks, extra
+task keys passed through, and errors in the user's code recorded like a model's."""
+
+import json
+
+import pytest
+from helpers import REPO, TEXTS, check, launch, read_jsonl, write_jsonl
+
+from ddpinfer.config import CustomTaskConfig
+from ddpinfer.inputs import Row
+from ddpinfer.tasks.custom import CustomTask, CustomTaskError, load_class
+
+EXAMPLE = "examples.word_count_task:WordCountTask"
+
+
+def test_target_must_name_a_module_and_a_class():
+    with pytest.raises(ValueError, match="package.module:ClassName"):
+        CustomTaskConfig(target="examples.word_count_task")
+    with pytest.raises(CustomTaskError, match="cannot import no_such_module.*HINT"):
+        load_class("no_such_module:Task")
+    with pytest.raises(CustomTaskError, match="has no class Nope"):
+        load_class(f"{REPO}/examples/word_count_task.py:Nope")
+
+
+class NoLengths:
+    def __call__(self, texts, rows):
+        return [{"n": len(t)} for t in texts]
+
+
+def test_without_lengths_every_text_weighs_one_and_keeps_its_place():
+    task = CustomTask(NoLengths(), device=None)
+    items = task.prepare([Row(index=i, id=i, text=t) for i, t in enumerate(["bb", "a"])])
+    assert [task.cost(item) for item in items] == [1, 1]
+    assert task(task.collate(items), [0, 1]) == [{"n": 2}, {"n": 1}]
+
+
+@pytest.mark.slow
+def test_example_runs_on_two_ranks_with_extra_keys_and_a_failing_input(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    out = tmp_path / "counts.jsonl"
+    args = [
+        "task=custom",
+        f"task.target={EXAMPLE}",
+        "+task.lowercase=true",
+        "+task.fail_on=france",
+        f"data.path={data}",
+        "data.id_field=uid",
+        f"output.path={out}",
+        f"run.root={tmp_path / 'runs'}",
+        "data.unit_size=3",
+        "batch_size=4",
+    ]
+    result = check(launch(args, nproc=2, cwd=REPO))  # the module is found from the repo root
+    records = read_jsonl(out)
+    failing = TEXTS.index("what is the capital of france?")
+    assert [r["id"] for r in records] == [f"doc-{i}" for i in range(len(TEXTS)) if i != failing]
+    expected = [t for i, t in enumerate(TEXTS) if i != failing]
+    assert [r["words"] for r in records] == [len(t.split()) for t in expected]
+    assert records[0]["longest"] == "quick"
+    run_dir = next((tmp_path / "runs").iterdir())
+    errors = [json.loads(line) for line in (run_dir / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == [f"doc-{failing}"]
+    assert "ValueError: refusing an input that contains 'france'" in errors[0]["error"]
+    assert "1 error(s)" in result.stderr
