@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from ddpinfer.config_help import help_node
 from ddpinfer.errors import UserError
 
 
@@ -346,6 +347,7 @@ def register_configs() -> None:
     store.store(name="ddpinfer_schema", node=Config)
     for name, schema in TASK_SCHEMAS.items():
         store.store(group="task", name=f"{name}_schema", node=schema)
+    store.store(group="hydra/help", name="ddpinfer", node=help_node(Config, TASK_SCHEMAS))
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -1,0 +1,57 @@
+"""`launch/infer.py --help` lists every schema key with its doc; `--cfg job` prints the
+composed config, as in any Hydra app."""
+
+import dataclasses
+import subprocess
+import sys
+
+import yaml
+from helpers import LAUNCHER, REPO, subprocess_env
+
+from ddpinfer.config import TASK_SCHEMAS, Config
+from ddpinfer.config_help import field_docs
+
+
+def run_launcher(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(LAUNCHER), *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def schema_keys() -> list[str]:
+    keys = []
+    for f in dataclasses.fields(Config):
+        if f.name == "task":
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(f.default_factory)]
+        else:
+            keys.append(f.name)
+    for schema in TASK_SCHEMAS.values():
+        keys += [f"task.{f.name}" for f in dataclasses.fields(schema) if f.name != "name"]
+    return keys
+
+
+def test_help_lists_every_key_with_its_doc():
+    text = run_launcher("--help")
+    for key in schema_keys():
+        assert f"  {key}=" in text, key
+    assert "  log.progress=true  (bool)" in text
+    assert "  task.target=???  (required)" in text  # task=custom's required key
+    first_words = " ".join(field_docs(Config)["batch_size"].split()[:6])
+    assert first_words in text
+    assert "task: classify" in text  # Hydra's config groups
+
+
+def test_cfg_job_prints_the_composed_config():
+    cfg = yaml.safe_load(run_launcher("--cfg", "job", "task=generate", "batch_size=3"))
+    assert cfg["batch_size"] == 3 and cfg["task"]["name"] == "generate"
+    assert cfg["log"] == {"level": "INFO", "progress": True, "progress_every_s": 30.0}
+    assert "hydra" not in cfg
