@@ -1,6 +1,7 @@
 """Both sbatch scripts, unedited, on a real two-node SLURM cluster on this host
 (slurm/local-cluster.sh; .ci/run starts it). Skipped where SLURM cannot be started, except in CI."""
 
+import json
 import os
 import re
 import shutil
@@ -227,3 +228,92 @@ def nodes_idle(env) -> bool:
         ["sinfo", "-h", "-N", "-o", "%t"], env=env, capture_output=True, text=True
     ).stdout.split()
     return bool(states) and all(state == "idle" for state in states)
+
+
+def submitit_sweep(work: Path, common: list[str], *extra: str) -> list[str]:
+    """The Hydra way: `-m hydra/launcher=submitit_slurm`, one task per (stand-in) GPU."""
+    return [
+        sys.executable,
+        str(REPO / "launch" / "infer.py"),
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.gpus_per_node=2",
+        "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=60",  # a USR2 well before the limit means preemption
+        f"hydra.sweep.dir={work}/multirun",
+        *common,
+        f"output.path={work}/out.jsonl",
+        f"run.root={work}/runs",
+        *extra,
+    ]
+
+
+def test_submitit_launcher_one_task_per_gpu(slurm_env, job_inputs):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    root, common, reference = job_inputs
+    work = root / "submitit"
+    work.mkdir()
+    result = subprocess.run(
+        submitit_sweep(work, common),
+        cwd=work,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ours = read_jsonl(work / "out.jsonl")
+    assert [r["id"] for r in ours] == [r["id"] for r in reference]
+    (run_dir,) = (work / "runs").iterdir()  # ddpinfer's run directory, not Hydra's sweep dir
+    entry = json.loads((run_dir / "manifest.json").read_text())["attempts"][-1]
+    assert entry["launcher"]["name"] == "slurm" and entry["launcher"]["job_id"]
+    assert entry["world_size"] == 4
+    assert [d["rank"] for d in entry["devices"]] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [
+        f"rank{r}.log" for r in range(4)
+    ]
+
+
+def test_submitit_requeues_on_its_time_limit_signal_and_resumes(slurm_env, job_inputs):
+    """submitit's own warning signal (USR2) makes it requeue the job; the requeued job (same
+    id, same ddpinfer run directory) resumes and the sweep ends with the whole output."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    root, common, reference = job_inputs
+    work = root / "submitit-requeue"
+    work.mkdir()
+    slow = ("data.unit_size=1", "batch_size=1", "fault.delay_s=1.5")
+    log_file = work / "sweep.log"
+    with open(log_file, "w") as log:
+        sweep = subprocess.Popen(
+            submitit_sweep(work, common, *slow),
+            cwd=work,
+            env=slurm_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
+    wait_until(lambda: len(parts()) >= 2 or sweep.poll() is not None)
+    job = next(p.name for p in (work / "multirun" / ".submitit").iterdir() if p.name.isdigit())
+
+    def job_field(name: str) -> str:
+        info = subprocess.run(
+            ["scontrol", "show", "job", job], env=slurm_env, capture_output=True, text=True
+        ).stdout
+        return re.search(rf"{name}=(\S+)", info).group(1)
+
+    subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
+    wait_until(lambda: job_field("Restarts") == "1")
+    wait_until(lambda: job_field("JobState") == "PENDING" and nodes_idle(slurm_env))
+    time.sleep(1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
+    assert sweep.wait(timeout=300) == 0, log_file.read_text()
+    assert [r["id"] for r in read_jsonl(work / "out.jsonl")] == [r["id"] for r in reference]
+    (run_dir,) = (work / "runs").iterdir()
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+    assert re.search(rf"resuming: [1-9]\d* of {len(TEXTS)} work unit\(s\) already done", log)
+    (entry,) = json.loads((run_dir / "manifest.json").read_text())["attempts"]
+    assert entry["launcher"]["restart_count"] == 1 and entry["launcher"]["job_id"] == job
