@@ -129,3 +129,18 @@ def test_hf_dataset_output_loads_back_with_datasets(tmp_path, inputs, bert_embed
     np.testing.assert_allclose(
         np.array(dataset["embedding"]), [r["embedding"] for r in reference], atol=1e-5
     )
+
+
+def test_hydra_multirun_runs_every_job(tmp_path, inputs, bert_embedder):
+    """`-m` runs each job in this process (the basic launcher) or hands it to a launcher plugin:
+    a job must return, not end the process, or the sweep stops after its first job."""
+    args = [
+        "-m",
+        "output.path=a.jsonl,b.jsonl",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"model.path={bert_embedder}",
+        f"data.path={inputs}",
+        f"run.root={tmp_path / 'runs'}",
+    ]
+    check(launch(args, cwd=tmp_path))
+    assert len(read_jsonl(tmp_path / "a.jsonl")) == len(read_jsonl(tmp_path / "b.jsonl")) == 11
