@@ -26,7 +26,8 @@ def config_errors_exit_2(hydra_main: Callable[[], None]) -> None:
     """Run the ``@hydra.main`` function so that Hydra's own configuration errors (a key that is
     not in the schema, a value of the wrong type, a malformed override) exit 2, like ddpinfer's,
     instead of Hydra's 1. Any SystemExit(1) here is Hydra's: once Hydra calls the task function,
-    ``runner.main`` ends the process itself with its own exit code."""
+    ``runner.main`` ends the process itself with its own exit code (except under ``-m``, where
+    a failed job raises and Hydra's SystemExit(1) for it exits 2 as well)."""
     try:
         hydra_main()
     except SystemExit as e:
