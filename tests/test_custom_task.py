@@ -62,3 +62,6 @@ def test_example_runs_on_two_ranks_with_extra_keys_and_a_failing_input(tmp_path)
     assert [e["id"] for e in errors] == [f"doc-{failing}"]
     assert "ValueError: refusing an input that contains 'france'" in errors[0]["error"]
     assert "1 error(s)" in result.stderr
+    # the extra keys are part of the fingerprint: other settings never mix with finished work
+    changed = launch([*args[:2], "+task.lowercase=false", *args[3:]], nproc=2, cwd=REPO)
+    assert changed.returncode != 0 and "task.lowercase: True -> False" in changed.stderr

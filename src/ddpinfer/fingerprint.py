@@ -119,7 +119,8 @@ def compute(
             "dtype": cfg.model.dtype,
             "max_length": cfg.model.max_length,
         },
-        "task": dataclasses.asdict(cfg.task),
+        # a custom task's extra keys (+task.my_key=...) are attributes beyond the schema's fields
+        "task": {**dataclasses.asdict(cfg.task), **vars(cfg.task)},
         "seed": cfg.seed,
         "unit_size": unit_size,
         UNIT_KEY: unit_digests(scan, unit_size),
