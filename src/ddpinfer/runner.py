@@ -47,6 +47,8 @@ from ddpinfer.stopping import (
     Preempted,
     Stalled,
     StopSignals,
+    end_sweep_job,
+    in_hydra_sweep,
 )
 from ddpinfer.tasks import build_task, model_path
 
@@ -367,8 +369,8 @@ def main(cfg: DictConfig) -> None:
         traceback.print_exc()
         report(f"unexpected error: {type(e).__name__}: {e}")
         code = EXIT_UNEXPECTED
-    if _in_hydra_sweep():
-        _end_sweep_job(code)
+    if in_hydra_sweep():
+        end_sweep_job(code)
         return
     # Leave without running C++ destructors: torch.distributed's can abort the process at
     # interpreter exit ("terminate called without an active exception", seen with gloo about
@@ -378,25 +380,6 @@ def main(cfg: DictConfig) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _in_hydra_sweep() -> bool:
-    """Started by `-m` (Hydra's multirun: a launcher plugin such as submitit_slurm runs this
-    job and collects its outcome from this function's return or exception)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _end_sweep_job(code: int) -> None:
-    """Hand the outcome to the launcher: return on success; on preemption leave without a
-    result (the scheduler requeues the job, which resumes); on failure raise, so the sweep
-    reports it."""
-    if code == EXIT_PREEMPTED:
-        raise SystemExit(code)
-    if code:
-        raise RuntimeError(f"ddpinfer stopped with exit code {code}; the reason is printed above")
 
 
 def report(text: str) -> None:

@@ -36,6 +36,25 @@ def config_errors_exit_2(hydra_main: Callable[[], None]) -> None:
         raise
 
 
+def in_hydra_sweep() -> bool:
+    """Started by `-m` (Hydra's multirun: a launcher plugin such as submitit_slurm runs this
+    job and collects its outcome from runner.main's return or exception)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def end_sweep_job(code: int) -> None:
+    """Hand the outcome to the launcher: return on success; on preemption leave without a
+    result (the scheduler requeues the job, which resumes); on failure raise, so the sweep
+    reports it."""
+    if code == EXIT_PREEMPTED:
+        raise SystemExit(code)
+    if code:
+        raise RuntimeError(f"ddpinfer stopped with exit code {code}; the reason is printed above")
+
+
 class PeerFailed(RuntimeError):
     """Another rank failed or stopped responding; this rank stops too."""
 
