@@ -28,6 +28,7 @@ from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.launch_env import LaunchEnv
 from ddpinfer.model_loading import check_model_path
+from ddpinfer.part_transfer import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.parts import finished_units, part_path, parts_dir
 from ddpinfer.process_group import ProcessGroup
 from ddpinfer.tasks import input_fields, model_path
@@ -54,6 +55,10 @@ class Plan:
     """Rows not to run, with the reason (duplicate ids under data.on_error=skip)."""
     output: Path
     output_format: str
+    shares: list[bool]
+    """For each rank, whether it sees rank 0's run directory (else it sends its parts)."""
+    send_later: list[int]
+    """Units this rank's node finished in an earlier attempt, to send to rank 0 at the end."""
 
 
 def agreed(group: ProcessGroup, step: Callable[[], T]) -> T:
@@ -122,9 +127,10 @@ def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs
     return spec
 
 
-def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> None:
+def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
+    """Discard earlier work under run.fresh=true on a job's first attempt; True if it did."""
     if not fresh:
-        return
+        return False
     if not env.is_first_attempt:  # a restart or requeue must resume the work it started fresh
         log.info(
             "run.fresh=true applies to a job's first attempt only; this is a later one "
@@ -132,10 +138,11 @@ def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> None:
             env.restart_count,
             env.requeue_count,
         )
-        return
+        return False
     log.info("run.fresh=true: discarding earlier work in %s", run_dir)
     shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
     (run_dir / fingerprint.FINGERPRINT).unlink(missing_ok=True)
+    return True
 
 
 def _reconcile(run_dir: Path, new: dict) -> bool:
@@ -161,15 +168,18 @@ def _reconcile(run_dir: Path, new: dict) -> bool:
     return stored is not None
 
 
-def _plan_on_main(cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path) -> dict:
-    _start_fresh(cfg.run.fresh, env, run_dir)
+def _plan_on_main(
+    cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
+) -> dict:
+    started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
     scan = inputs.scan(spec, cfg.data.unit_size or inputs.BLOCK_ROWS)
     if spec.skip_bad:
         check_bad_share(scan, cfg.data.max_bad, spec.path)
     unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
-    resumed = _reconcile(run_dir, fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size))
+    new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
+    resumed = _reconcile(run_dir, new)
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     units = work_units.plan_units(scan.num_rows, unit_size)
@@ -194,6 +204,9 @@ def _plan_on_main(cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: 
         "pending": pending,
         "bad_rows": scan.duplicates,
         "inputs_digest": scan.digest,
+        # for nodes without rank 0's run directory, to check the parts they hold against
+        "fingerprint": new if remote_nodes else None,
+        "started_fresh": started_fresh,
     }
 
 
@@ -222,10 +235,11 @@ def preflight(
     output_format: str,
 ) -> Plan:
     spec = agreed(group, lambda: _local_checks(cfg, env, output, output_format))
+    shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
 
     def plan_or_digest() -> dict | str | None:
         if env.is_main:
-            return _plan_on_main(cfg, env, spec, run_dir)
+            return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
         return inputs.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
 
     mine = agreed(group, plan_or_digest)
@@ -234,14 +248,51 @@ def preflight(
         digest = plan["inputs_digest"]
         own = mine if isinstance(mine, str) else None
         agreed(group, lambda: _check_copy(spec, env, own, digest) if own else None)
+    pending, send_later = plan["pending"], []
+    if not all(shares):
+        pending, send_later = _take_held_units(env, group, run_dir, shares, plan)
     units = work_units.plan_units(plan["num_rows"], plan["unit_size"])
     log.info(
-        "%d input(s) in %d work unit(s) of up to %d; %d rank(s)",
+        "%d input(s) in %d work unit(s) of up to %d; %d unit(s) to run on %d rank(s)",
         plan["num_rows"],
         len(units),
         plan["unit_size"],
+        len(pending),
         env.world_size,
     )
     return Plan(
-        spec, units, plan["unit_size"], plan["pending"], plan["bad_rows"], output, output_format
+        spec,
+        units,
+        plan["unit_size"],
+        pending,
+        plan["bad_rows"],
+        output,
+        output_format,
+        shares,
+        send_later,
     )
+
+
+def _take_held_units(
+    env: LaunchEnv, group: ProcessGroup, run_dir: Path, shares: list[bool], plan: dict
+) -> tuple[list[int], list[int]]:
+    """Units finished on nodes without rank 0's run directory in an earlier attempt (checked
+    there against rank 0's fingerprint) are not recomputed: the node sends them at the end.
+    Returns the units still to compute, and those this rank sends."""
+    checks_node = not shares[env.rank] and env.local_rank == 0
+    held = (
+        reconcile_held_parts(run_dir, plan["fingerprint"], plan["started_fresh"])
+        if checks_node
+        else None
+    )
+    senders = assign_held_parts(plan["pending"], group.all_gather_object(held))
+    for rank, units in senders.items():
+        if env.is_main:
+            log.info(
+                "rank %d's node holds %d finished unit(s) from an earlier attempt: sent at "
+                "the end, not recomputed",
+                rank,
+                len(units),
+            )
+    taken = {unit for units in senders.values() for unit in units}
+    return [u for u in plan["pending"] if u not in taken], senders.get(env.rank, [])

@@ -31,7 +31,7 @@ from ddpinfer.inputs import Row, RowStream
 from ddpinfer.liveness import Liveness
 from ddpinfer.logs import FILE_ONLY, setup_logging
 from ddpinfer.merge import MergeSummary, merge_parts, output_format
-from ddpinfer.part_transfer import collect_parts, ranks_sharing_run_dir
+from ddpinfer.part_transfer import collect_parts
 from ddpinfer.pipeline import PartWriter, WindowFeed
 from ddpinfer.preflight import Plan, agreed, preflight
 from ddpinfer.process_group import ProcessGroup, connect_store
@@ -184,8 +184,7 @@ def _run(
     faults.at_finish(cfg.fault, env.rank, env.restart_count)
     ranks = group.all_gather_object(record, finishing=True)
     # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
-    shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
-    collect_parts(group, run_dir, done, shares)
+    collect_parts(group, run_dir, [*plan.send_later, *done], plan.shares)
     if env.is_main:
         merged = _merge(run_dir, plan, started)
         clock.lap("merge")
