@@ -1,9 +1,17 @@
+import itertools
 import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpinfer.batching import BatchLimits, TokenBudget, longest_first, plan_batches
+from ddpinfer.batching import (
+    BATCH_OVERHEAD,
+    BatchLimits,
+    TokenBudget,
+    longest_first,
+    plan_batches,
+)
 
 
 @given(
@@ -28,6 +36,40 @@ def test_batches_are_length_sorted_and_tight():
     assert real / padded > 0.9
     widths = [max(costs[i] for i in b) for b in batches]
     assert widths == sorted(widths, reverse=True)
+
+
+def _computed(costs, batches, limits):
+    """What a plan costs: padded tokens plus the per-batch overhead."""
+    padded = sum(len(b) * max(costs[i] for i in b) for b in batches)
+    return padded + len(batches) * limits.max_tokens * BATCH_OVERHEAD
+
+
+@given(
+    costs=st.lists(st.integers(1, 40), min_size=1, max_size=9),
+    max_rows=st.integers(1, 9),
+    max_tokens=st.integers(8, 200),
+)
+def test_the_cut_is_the_cheapest_of_all_cuts_of_the_sorted_inputs(costs, max_rows, max_tokens):
+    limits = BatchLimits(max_rows, max_tokens)
+    order = longest_first(costs)
+    best = float("inf")
+    for bits in itertools.product((0, 1), repeat=len(costs) - 1):
+        bounds = [0, *(i + 1 for i, b in enumerate(bits) if b), len(costs)]
+        batches = [order[a:z] for a, z in zip(bounds, bounds[1:])]
+        if all(
+            len(b) == 1 or (len(b) <= max_rows and len(b) * costs[b[0]] <= max_tokens)
+            for b in batches
+        ):
+            best = min(best, _computed(costs, batches, limits))
+    assert _computed(costs, plan_batches(costs, limits), limits) == pytest.approx(best)
+
+
+def test_batches_end_where_the_lengths_step_down():
+    """Three length classes that fit the budget together in one batch each: a cut mixing two
+    would pad dozens of tokens more than one extra forward pass costs."""
+    costs = [30] * 20 + [20] * 30 + [10] * 40
+    batches = plan_batches(costs, BatchLimits(256, 1024))
+    assert [sorted({costs[i] for i in b}) for b in batches] == [[30], [20], [10]]
 
 
 @given(lengths=st.lists(st.integers(1, 50), max_size=100))

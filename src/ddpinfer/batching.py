@@ -11,6 +11,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -19,8 +21,10 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-TIGHT = 0.95
-"""Share of real (not padding) tokens a batch keeps once it is large enough."""
+BATCH_OVERHEAD = 1 / 32
+"""A forward pass's fixed cost, as a share of the token budget: what one more batch costs in
+padded tokens. Measured for the default model on one CPU thread (about 32 tokens' worth of
+compute per call at the 1024-token default); see benchmarks/bench_throughput.py."""
 
 
 @dataclass(frozen=True)
@@ -30,31 +34,31 @@ class BatchLimits:
 
 
 def plan_batches(costs: Sequence[int], limits: BatchLimits) -> list[list[int]]:
-    """Positions into ``costs``, longest first, cut greedily: a batch holds at most
-    ``max_rows`` rows and ``rows × widest <= max_tokens``; once it holds a quarter of the token
-    budget (enough to keep the device busy), it is also cut before an input that would bring its
-    share of real tokens below ``TIGHT``. An input wider than the budget gets a batch alone."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    width = real = 0
-    for i in longest_first(costs):
-        rows = len(current) + 1
-        if current and (
-            rows > limits.max_rows
-            or rows * width > limits.max_tokens
-            or (
-                len(current) * width * 4 >= limits.max_tokens
-                and real + costs[i] < TIGHT * rows * width
-            )
-        ):
-            batches.append(current)
-            current = []
-        if not current:
-            width, real = costs[i], 0
-        current.append(i)
-        real += costs[i]
-    if current:
-        batches.append(current)
+    """Positions into ``costs``, longest first, cut into batches of at most ``max_rows`` rows
+    with ``rows × widest <= max_tokens`` (an input wider than the budget goes alone).
+
+    Of all such cuts of the sorted inputs, the one with the least computed tokens plus
+    ``BATCH_OVERHEAD × max_tokens`` per batch (dynamic programming over the cut points): the
+    padding a greedy cut leaves where lengths change is traded against one more forward pass,
+    so batches end where the lengths step down and stay large where they do not."""
+    order = longest_first(costs)
+    n = len(order)
+    if n == 0:
+        return []
+    widths = np.array([costs[i] for i in order], dtype=np.int64)
+    per_batch = limits.max_tokens * BATCH_OVERHEAD
+    best = np.zeros(n + 1)  # best[i]: the cost of batching inputs i.. (sorted) optimally
+    cut = np.zeros(n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        rows = min(limits.max_rows, limits.max_tokens // max(1, int(widths[i])), n - i)
+        ends = np.arange(i + 1, i + max(1, rows) + 1)  # a batch [i, end) is widths[i] wide
+        total = best[ends] + (ends - i) * widths[i] + per_batch
+        k = int(np.argmin(total))
+        best[i], cut[i] = total[k], ends[k]
+    batches, i = [], 0
+    while i < n:
+        batches.append(order[i : cut[i]])
+        i = int(cut[i])
     return batches
 
 
