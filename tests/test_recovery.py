@@ -2,6 +2,7 @@
 and bad configuration is refused before heavy work. One process, the real run path."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,8 +36,10 @@ def test_injected_oom_splits_batches_and_gives_identical_embeddings(
         [r["embedding"] for r in clean], [r["embedding"] for r in oom], atol=1e-5
     )
     log = next((tmp_path / "runs").glob("oom-*/logs/rank0.log")).read_text()
-    assert "out of memory at 8 inputs" in log  # batch_size=8: the first batch
-    assert "now go at most 2 per batch" in log  # fault.oom_above=2: the budget shrank to fit
+    failed = [int(n) for n in re.findall(r"out of memory at (\d+) inputs", log)]
+    assert failed and min(failed) > 2, log  # only batches over fault.oom_above=2 failed
+    allowed = [int(n) for n in re.findall(r"now go at most (\d+) per batch", log)]
+    assert min(allowed) <= 2, log  # the budget shrank to fit
 
 
 def test_injected_oom_in_generation_gives_identical_text(tmp_path, gpt2_generator):
