@@ -139,7 +139,7 @@ def test_parts_without_a_fingerprint_are_refused(tmp_path, bert_embedder):
 
 def test_unit_digests_follow_the_blocks_they_cover(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", texts())
-    spec = InputSpec(path, "jsonl", id_field="uid")
+    spec = InputSpec(str(path), (path,), "jsonl", id_field="uid")
     # Units of 6 over blocks of 4: the block of rows 4-7 belongs to both units.
     a = fingerprint.unit_digests(scan(spec, 4), 6)
     edited = texts()
