@@ -106,8 +106,9 @@ def _check_not_the_input(output: Path, spec: inputs.InputSpec) -> None:
         if not same and output.exists() and path.exists():
             same = os.path.samefile(output, path)  # a link to the input
         if same:
+            where = "" if path == source else f"{path} of "
             raise UserError(
-                f"output.path={output} is the input {path} (data.path={spec.source}): the "
+                f"output.path={output} is the input file {where}data.path={spec.source}: the "
                 "results would overwrite the inputs. HINT: choose another output.path."
             )
     if (
