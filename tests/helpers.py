@@ -213,3 +213,27 @@ def assert_complete(tmp_path: Path, rows: int) -> None:
     """out.jsonl holds every input once, in order."""
     ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
     assert ids == [f"doc-{i}" for i in range(rows)]
+
+
+def save_dataset(folder: Path, records: list[dict], num_shards: int = 1, split: str | None = None):
+    """``records`` written by ``datasets``' ``save_to_disk`` (as a DatasetDict with one more
+    split, "other", when ``split`` is given): the folder users pass as data.path."""
+    import datasets
+
+    data = datasets.Dataset.from_list(records)
+    if split is not None:
+        data = datasets.DatasetDict({"other": data.select(range(1)), split: data})
+    data.save_to_disk(str(folder), num_shards=num_shards if split is None else None)
+    return folder
+
+
+def split_jsonl(path: Path, parts: int) -> list[Path]:
+    """The lines of ``path`` in ``parts`` files ``<stem>-K.jsonl`` beside it (K from 0)."""
+    lines = path.read_text().splitlines(keepends=True)
+    size = -(-len(lines) // parts)
+    files = []
+    for k in range(parts):
+        part = path.with_name(f"{path.stem}-{k}.jsonl")
+        part.write_text("".join(lines[k * size : (k + 1) * size]))
+        files.append(part)
+    return files

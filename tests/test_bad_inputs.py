@@ -37,7 +37,7 @@ JSONL_CASES = [
     (
         "duplicate id",
         b'{"uid": "a", "text": "same id as row 0"}\n',
-        r"\(row 1\): duplicate id 'a', first at row 0",
+        r"in.jsonl:\d+: duplicate id 'a' \(row 1\), first at row 0",
         "a",
     ),
 ]

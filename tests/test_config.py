@@ -125,3 +125,20 @@ def test_run_dir_follows_from_the_command_not_the_clock(tmp_path):
     assert resolve_run_dir(a).name.startswith("out-")
     assert str(resolve_run_dir(to_config(composed("run.dir=/x/y")))) == "/x/y"
     assert str(resolve_run_dir(to_config(composed("run.name=n", "run.root=/r")))) == "/r/n"
+
+
+def test_input_and_keep_fields_keys_reach_the_schema_and_clashes_are_refused():
+    from ddpinfer.config import ConfigError
+    from ddpinfer.errors import UserError
+    from ddpinfer.tasks import check_keep_fields
+
+    cfg = to_config(
+        composed("data.path=shards/*.jsonl", "data.split=train", "output.keep_fields=[title,lang]")
+    )
+    assert (cfg.data.split, cfg.output.keep_fields) == ("train", ["title", "lang"])
+    assert to_config(composed("data.format=hf_dataset")).data.format == "hf_dataset"
+    with pytest.raises(ConfigError, match=r"output.keep_fields=\['id'\] must name .* other than"):
+        to_config(composed("output.keep_fields=[id]"))
+    with pytest.raises(UserError, match="'embedding', a column task=embed writes itself"):
+        check_keep_fields(to_config(composed("output.keep_fields=[title,embedding]")))
+    check_keep_fields(cfg)

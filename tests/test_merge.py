@@ -136,3 +136,51 @@ def test_hf_dataset_folder_loads_with_datasets_and_is_replaced_on_rerun(tmp_path
     assert dataset["id"] == [0, 1, 2, 3] and dataset["label"] == ["l0", "l1", "l2", "l3"]
     np.testing.assert_array_equal(np.array(dataset["embedding"]), embeddings[:4])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+KEPT = [  # per row: a string, a field typed in one part and not the other, and mixed values
+    {"lang": "en", "n": 1, "meta": {"a": 1}},
+    {"lang": "de", "n": 2, "meta": [1, "x"]},
+    {"lang": None, "n": "three", "meta": {"b": None}},
+    {"lang": None, "n": "four", "meta": "text"},
+]
+
+
+def write_kept_units(run_dir):
+    """Rows 0-1 in unit 0, rows 2-4 in unit 1 (row 4 failed); kept fields as in KEPT."""
+    units = [range(0, 2), range(2, 5)]
+    for i, unit in enumerate(units):
+        good = [r for r in unit if r != 4]
+        kept = {k: [KEPT[r][k] for r in good] for k in ("lang", "n", "meta")}
+        columns = {"embedding": np.ones((len(good), 2), np.float32) * np.array(good)[:, None]}
+        bad = [{"row": 4, "id": "id4", "error": "bad"}] if i else []
+        table = build_table(good, [f"id{r}" for r in good], columns, bad, kept)
+        write_part(run_dir, i, table)
+    return units
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf_dataset", "npy"])
+def test_kept_input_fields_come_after_the_id_as_they_were(tmp_path, fmt):
+    units = write_kept_units(tmp_path)
+    out = tmp_path / ("out" if fmt == "hf_dataset" else f"out.{fmt}")
+    assert merge_parts(tmp_path, units, out, fmt).written == 4
+    expected = [{"id": f"id{r}", **KEPT[r]} for r in range(4)]
+    if fmt == "jsonl":
+        records = read_lines(out)
+        assert [list(r) for r in records] == [["id", "lang", "n", "meta", "embedding"]] * 4
+        assert [{k: r[k] for k in ("id", "lang", "n", "meta")} for r in records] == expected
+        return
+    if fmt == "npy":
+        assert read_lines(ids_path(out)) == expected
+        return
+    if fmt == "parquet":
+        table = pq.read_table(out)
+    else:
+        from datasets import load_from_disk
+
+        table = load_from_disk(str(out)).data.table
+    assert table.column_names == ["id", "lang", "n", "meta", "embedding"]
+    assert table.column("lang").to_pylist() == ["en", "de", None, None]
+    # typed differently in two parts, or of mixed types: JSON text, one value per row
+    assert [json.loads(v) for v in table.column("n").to_pylist()] == [1, 2, "three", "four"]
+    assert [json.loads(v) for v in table.column("meta").to_pylist()] == [r["meta"] for r in KEPT]

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
+from helpers import TEXTS, read_jsonl, run_in_process, split_jsonl, write_jsonl
 
 from ddpinfer import fingerprint
 from ddpinfer.bad_inputs import TooManyBadInputs, max_bad_rows
@@ -139,7 +139,7 @@ def test_parts_without_a_fingerprint_are_refused(tmp_path, bert_embedder):
 
 def test_unit_digests_follow_the_blocks_they_cover(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", texts())
-    spec = InputSpec(path, "jsonl", id_field="uid")
+    spec = InputSpec(str(path), (path,), "jsonl", id_field="uid")
     # Units of 6 over blocks of 4: the block of rows 4-7 belongs to both units.
     a = fingerprint.unit_digests(scan(spec, 4), 6)
     edited = texts()
@@ -196,3 +196,19 @@ def test_output_that_is_the_input_is_refused(tmp_path, bert_embedder):
     with pytest.raises(UserError, match=r"is the input file"):
         run_in_process(overrides)
     assert path.read_bytes() == before
+
+
+def test_a_glob_with_an_edited_shard_recomputes_its_unit_and_other_keep_fields_are_refused(
+    tmp_path, bert_embedder
+):
+    shards = split_jsonl(write_jsonl(tmp_path / "all.jsonl", texts()), 3)  # 4 rows each
+    overrides = [*args(tmp_path, bert_embedder, "output.keep_fields=[uid]")]
+    overrides[1] = f"data.path={tmp_path / 'all-*.jsonl'}"
+    run_in_process(overrides)
+    assert read_jsonl(tmp_path / "out.jsonl")[4]["uid"] == "doc-4"
+    shards[1].write_text(shards[1].read_text().replace('"uid": "doc-5"', '"uid": "doc-5b"'))
+    run_in_process(overrides)
+    assert "recomputing them: unit(s) 1" in rank0_log(tmp_path)
+    assert read_jsonl(tmp_path / "out.jsonl")[5]["uid"] == "doc-5b"
+    with pytest.raises(FingerprintMismatch, match=r"output: \{'keep_fields': \['uid'\]\} -> None"):
+        run_in_process(overrides[:-1])

@@ -9,7 +9,6 @@ naming the most common problem, which is usually the setting to fix.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from ddpinfer.inputs import InputError, InputScan
 
@@ -26,7 +25,7 @@ def max_bad_rows(max_bad: float | None, num_rows: int) -> int:
     return math.floor(setting * num_rows) if setting < 1 else int(setting)
 
 
-def check_bad_share(scan: InputScan, max_bad: float | None, path: Path) -> None:
+def check_bad_share(scan: InputScan, max_bad: float | None, path: str) -> None:
     """Raise ``TooManyBadInputs`` when every record is bad or more than allowed are."""
     limit = max_bad_rows(max_bad, scan.num_rows)
     if scan.bad_rows == 0 or (scan.bad_rows <= limit and scan.bad_rows < scan.num_rows):

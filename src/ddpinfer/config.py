@@ -23,7 +23,7 @@ class ConfigError(UserError):
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text")
+INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -79,9 +79,15 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class DataConfig:
     path: str | None = None
-    """Input: .jsonl, .csv, .parquet, or text with one input per line. Unset: bundled sample."""
+    """Input: a .jsonl, .csv, .parquet or text file (one input per line); a glob of files of one
+    format, read in sorted order ('shards/*.parquet', quoted); or a folder written by
+    datasets' save_to_disk. Unset: bundled sample."""
     format: str = "auto"
-    """auto (from the file suffix) | jsonl | csv | parquet | text."""
+    """auto (from the file suffix; a save_to_disk folder is detected) | jsonl | csv | parquet |
+    text | hf_dataset."""
+    split: str | None = None
+    """The split to read from a DatasetDict folder (save_to_disk of a DatasetDict). Unset: its
+    only split; required when it has several."""
     text_field: str = "text"
     """Column or JSON key holding the input text (ignored for plain text files)."""
     id_field: str | None = None
@@ -124,9 +130,18 @@ class OutputConfig:
     shared_fs: str = "auto"
     """Do all nodes see rank 0's run directory? auto (probe it) | true | false (parts are sent
     to rank 0 over the process group)."""
+    keep_fields: list[str] | None = None
+    """Input fields copied into each output row as they are, beside the id, e.g. [title,lang]
+    (npy: into <stem>.ids.jsonl). A record without one of them is a bad input."""
 
     def __post_init__(self) -> None:
         _check_choice("output.format", self.format, OUTPUT_FORMATS)
+        keep = list(self.keep_fields or ())
+        if "id" in keep or len(set(keep)) < len(keep) or not all(str(k).strip() for k in keep):
+            raise ValueError(
+                f"output.keep_fields={keep} must name distinct input fields other than 'id' "
+                "(every output row has its id already; data.id_field says where it comes from)"
+            )
         self.shared_fs = str(self.shared_fs).lower()  # `output.shared_fs=true` arrives as a bool
         _check_choice("output.shared_fs", self.shared_fs, SHARED_FS)
 

@@ -9,3 +9,7 @@ keeps its traceback.
 
 class UserError(ValueError):
     """A problem the user can fix; the message says what was seen and what to change."""
+
+
+class InputError(UserError):
+    """An input file or one of its records cannot be used; the message names file and line."""

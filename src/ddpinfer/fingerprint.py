@@ -104,7 +104,7 @@ def compute(
 ) -> dict[str, Any]:
     return {
         "inputs": {
-            "path": str(spec.path.resolve()),
+            **_input_paths(spec),
             "rows": scan.num_rows,
             "format": spec.format,
             "text_field": spec.text_field,
@@ -122,9 +122,20 @@ def compute(
         # a custom task's extra keys (+task.my_key=...) are attributes beyond the schema's fields
         "task": {**dataclasses.asdict(cfg.task), **vars(cfg.task)},
         "seed": cfg.seed,
+        # the part files hold the kept fields; only when set, so older run directories match
+        **({"output": {"keep_fields": list(spec.keep)}} if spec.keep else {}),
         "unit_size": unit_size,
         UNIT_KEY: unit_digests(scan, unit_size),
     }
+
+
+def _input_paths(spec: InputSpec) -> dict[str, Any]:
+    """The input file's resolved path; for a glob or a dataset folder, data.path as given and
+    every file read, in order (as before for one file, so older run directories still match)."""
+    files = [str(f.resolve()) for f in spec.files]
+    if files == [str(Path(spec.source).expanduser().resolve())]:
+        return {"path": files[0]}
+    return {"path": spec.source, "files": files}
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -1,7 +1,9 @@
-"""Read inputs from JSONL, CSV, Parquet or plain text, streaming, as (row, id, text).
+"""Read inputs from JSONL, CSV, Parquet, plain text or a ``save_to_disk`` folder, streaming,
+as (row, id, text).
 
-A *row* is the 0-based position of an input among the file's inputs (blank lines in JSONL and
-text files are not inputs). Rows are what work units are made of; ids are what users see.
+A *row* is the 0-based position of an input among all the inputs (blank lines in JSONL and
+text files are not inputs); with several files (a glob, a sharded dataset) rows count on from
+one file to the next. Rows are what work units are made of; ids are what users see.
 
 A problem with the file as a whole (missing, empty, no such column) is an ``InputError``. A
 problem with one record is an ``InputError`` too, unless the reader was told to skip bad records
@@ -20,29 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from ddpinfer.content_digest import RowDigests
-from ddpinfer.errors import UserError
+from ddpinfer.errors import InputError
+from ddpinfer.input_files import find_input_files
 
 Id = str | int
 
 FieldCheck = Callable[[Any, Path], Any]
-"""Checks one extra field's value (given the data file's folder, for relative paths) and
-returns it normalised; raises ``ValueError`` saying what is wrong with it."""
+"""Checks one extra field's value (given the folder of the record's data file, for relative
+paths) and returns it normalised; raises ``ValueError`` saying what is wrong with it."""
 
-SUFFIX_FORMATS = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".txt": "text",
-    ".text": "text",
-}
+COLUMNAR = ("parquet", "hf_dataset")
+"""Formats read in record batches of only the needed columns, skipped by their row counts."""
 SKIP_HINT = "HINT: fix the input, or set data.on_error=skip to record bad inputs and go on."
-
-
-class InputError(UserError):
-    """An input file or one of its records cannot be used; the message names file and line."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +45,17 @@ class Row:
     """Why this record cannot be run (only when bad records are skipped)."""
     fields: Mapping[str, Any] | None = None
     """The record's extra fields that were asked for (``InputSpec.fields``), by name."""
+    at: str = ""
+    """Where the record is, for messages: ``file:line``, or ``file (row k)`` for the k-th row
+    of a Parquet or Arrow file."""
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    path: Path
+    source: str
+    """``data.path`` as given (a file, a glob or a folder): what messages about all inputs name."""
+    files: tuple[Path, ...]
+    """The files read, in order (one for a single file)."""
     format: str
     text_field: str = "text"
     id_field: str | None = None
@@ -66,18 +63,13 @@ class InputSpec:
     fields: tuple[tuple[str, FieldCheck | None], ...] = ()
     """Extra fields to read from each record besides text and id (e.g. an image path), each
     with an optional check run as the record is read: a failed check makes a bad record."""
+    keep: tuple[str, ...] = ()
+    """Fields copied to the output as they are (``output.keep_fields``): read into
+    ``Row.fields`` like ``fields``, and part of the content digest, since they reach the output."""
 
-
-def detect_format(path: Path, requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(
-            f"{path}: cannot tell the format from the suffix {path.suffix!r}. "
-            f"HINT: set data.format=jsonl|csv|parquet|text."
-        )
-    return fmt
+    def read_fields(self) -> list[str]:
+        """Every field a record must have besides the text and the id."""
+        return [*(name for name, _ in self.fields), *self.keep]
 
 
 def open_spec(
@@ -87,38 +79,46 @@ def open_spec(
     id_field: str | None,
     skip_bad: bool = False,
     fields: tuple[tuple[str, FieldCheck | None], ...] = (),
+    split: str | None = None,
+    keep: tuple[str, ...] = (),
 ) -> InputSpec:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"data.path={path}: no such file. HINT: pass an existing input file.")
-    spec = InputSpec(p, detect_format(p, fmt), text_field, id_field, skip_bad, fields)
-    if fields and spec.format == "text":
+    found = find_input_files(path, fmt, split)
+    spec = InputSpec(path, found.files, found.format, text_field, id_field, skip_bad, fields, keep)
+    if spec.read_fields() and spec.format == "text":
         raise InputError(
-            f"{p}: a plain text file has no field {fields[0][0]!r}. "
+            f"{path}: a plain text file has no field {spec.read_fields()[0]!r}. "
             "HINT: use JSONL, CSV or Parquet input with that column."
         )
     return spec
 
 
 def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
-    """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order."""
+    """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order.
+    Parquet and Arrow files and batches before the range are skipped by their row counts,
+    without decoding them."""
     rows = rows if rows is not None else range(2**62)
-    if not rows:
-        return
-    if spec.format == "parquet":
-        records = _parquet_records(spec, rows.start)
-    elif spec.format == "csv":
-        records = _csv_records(spec)
-    else:
-        records = _lines(spec.path)
-    for index, (where, raw) in enumerate(
-        records, start=rows.start if spec.format == "parquet" else 0
-    ):
-        if index < rows.start:
-            continue
-        if index >= rows.stop:
+    first = 0  # the row of the file's first record: rows count on across files
+    for file in spec.files:
+        if first >= rows.stop:
             return
-        yield _make_row(spec, index, where, raw)
+        if spec.format in COLUMNAR:
+            size = _num_rows(spec.format, file)
+            if first + size > rows.start:
+                skip = max(0, rows.start - first)
+                for offset, record in _columnar_records(spec, file, skip):
+                    if first + offset >= rows.stop:
+                        return
+                    yield _make_row(spec, file, first + offset, f"row {offset}", record)
+            first += size
+            continue
+        index = first
+        for line, raw in _csv_records(file) if spec.format == "csv" else _lines(file):
+            if index >= rows.stop:
+                return
+            if index >= rows.start:
+                yield _make_row(spec, file, index, line, raw)
+            index += 1
+        first = index
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -130,57 +130,105 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield line_no, line
 
 
-def _csv_records(spec: InputSpec) -> Iterator[tuple[int, dict]]:
-    with open(spec.path, encoding="utf-8", newline="") as f:
+def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         try:
             if reader.fieldnames is None:
-                raise InputError(f"{spec.path}: the CSV file is empty (no header row).")
+                raise InputError(f"{path}: the CSV file is empty (no header row).")
             for record in reader:
                 yield reader.line_num, record
         except UnicodeDecodeError as e:
             raise InputError(
-                f"{spec.path}: not valid UTF-8 after line {reader.line_num} ({e.reason}). "
+                f"{path}: not valid UTF-8 after line {reader.line_num} ({e.reason}). "
                 "HINT: re-encode the file as UTF-8."
             ) from None
 
 
-def _parquet_records(spec: InputSpec, start: int) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
+def _num_rows(fmt: str, path: Path) -> int:
+    """From the Parquet footer, or the Arrow stream's batch headers (memory-mapped: no data
+    is read)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(spec.path)
-    columns = [c for c in (spec.text_field, spec.id_field, *(f for f, _ in spec.fields)) if c]
-    missing = [c for c in columns if c not in pf.schema_arrow.names]
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(batch.num_rows for batch in _arrow_stream(path))
+
+
+def _arrow_stream(path: Path) -> Iterator[Any]:
+    """The record batches of an Arrow IPC stream file (what ``save_to_disk`` writes)."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, dict]]:
+    """The records of a Parquet or Arrow file from its ``skip``-th row on, as (row in the
+    file, record), decoding only the needed columns of the batches that hold them."""
+    columns = list(dict.fromkeys(c for c in (spec.text_field, spec.id_field) if c))
+    columns += [c for c in spec.read_fields() if c not in columns]
+    if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        groups, first = _row_groups_from(pf.metadata, skip)
+        batches = pf.iter_batches(batch_size=4096, row_groups=groups, columns=columns)
+        yield from _batch_records(path, pf.schema_arrow.names, columns, batches, first, skip)
+        return
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        yield from _batch_records(path, reader.schema.names, columns, reader, 0, skip)
+
+
+def _batch_records(
+    path: Path, names: list[str], columns: list[str], batches: Any, first: int, skip: int
+) -> Iterator[tuple[int, dict]]:
+    """Records of ``batches`` (whose first row is ``first``) from row ``skip`` on."""
+    missing = [c for c in columns if c not in names]
     if missing:
         raise InputError(
-            f"{spec.path}: no column {missing[0]!r}; columns present: "
-            f"{', '.join(pf.schema_arrow.names)}. HINT: set data.text_field / data.id_field."
+            f"{path}: no column {missing[0]!r}; columns present: {', '.join(names)}. "
+            "HINT: set data.text_field / data.id_field."
         )
-    index = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=4096):
-        if index + batch.num_rows <= start:  # skip whole batches before the range
+    index = first
+    for batch in batches:
+        if index + batch.num_rows <= skip:  # before the range: not decoded
             index += batch.num_rows
             continue
-        for offset, record in enumerate(batch.to_pylist()):
-            if index + offset >= start:
-                yield f"row {index + offset}", record
+        for offset, record in enumerate(batch.select(columns).to_pylist()):
+            if index + offset >= skip:
+                yield index + offset, record
         index += batch.num_rows
 
 
-def _make_row(spec: InputSpec, index: int, where: int | str, raw: bytes | dict) -> Row:
-    at = f"{spec.path}:{where}" if isinstance(where, int) else f"{spec.path} ({where})"
+def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
+    """The row groups from the one holding row ``skip`` on, and the first row of that group."""
+    first = 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        if first + rows > skip:
+            return list(range(group, metadata.num_row_groups)), first
+        first += rows
+    return [], first
+
+
+def _make_row(spec: InputSpec, file: Path, index: int, where: int | str, raw: bytes | dict) -> Row:
+    at = f"{file}:{where}" if isinstance(where, int) else f"{file} ({where})"
     record_id: Id | None = index if spec.id_field is None else None
     try:
         record = _parse(spec, at, raw)
         if spec.format == "text":
-            return Row(index, index, _check_text(at, record))
+            return Row(index, index, _check_text(at, record), at=at)
         record_id = _record_id(spec, at, index, record)
         text = _record_text(spec, at, record)
-        return Row(index, record_id, text, fields=_record_fields(spec, at, record))
+        return Row(index, record_id, text, fields=_record_fields(spec, file, at, record), at=at)
     except InputError as e:
         if not spec.skip_bad:
             raise InputError(f"{e} {SKIP_HINT}") from None
-        return Row(index, record_id, "", error=str(e))
+        return Row(index, record_id, "", error=str(e), at=at)
 
 
 def _parse(spec: InputSpec, at: str, raw: bytes | dict) -> str | dict:
@@ -226,17 +274,19 @@ def _record_text(spec: InputSpec, at: str, record: dict) -> str:
     return _check_text(at, text)
 
 
-def _record_fields(spec: InputSpec, at: str, record: dict) -> dict[str, Any] | None:
-    if not spec.fields:
+def _record_fields(spec: InputSpec, file: Path, at: str, record: dict) -> dict[str, Any] | None:
+    if not spec.fields and not spec.keep:
         return None
     fields = {}
-    for name, check in spec.fields:
+    for name, check in (*spec.fields, *((k, None) for k in spec.keep)):
+        if name in fields:  # kept and read by the task too: one value, the task's
+            continue
         if name not in record:
             raise InputError(
                 f"{at}: no field {name!r}; fields present: {', '.join(map(str, record))}."
             )
         try:
-            fields[name] = record[name] if check is None else check(record[name], spec.path.parent)
+            fields[name] = record[name] if check is None else check(record[name], file.parent)
         except ValueError as e:
             raise InputError(f"{at}: field {name!r}: {e}") from None
     return fields
@@ -297,7 +347,7 @@ def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
     duplicates: dict[int, str] = {}
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    hasher = RowDigests(str(spec.path), block_rows)
+    hasher = RowDigests([str(f) for f in spec.files], block_rows, spec.keep)
     for row in read_rows(spec):
         num_rows += 1
         hasher.add(row)
@@ -306,7 +356,7 @@ def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
             first = first_seen.setdefault(row.id, row.index)  # type: ignore[arg-type]
             if first != row.index:
                 error = (
-                    f"{spec.path} (row {row.index}): duplicate id {row.id!r}, first at row {first}."
+                    f"{row.at}: duplicate id {row.id!r} (row {row.index}), first at row {first}."
                 )
                 if not spec.skip_bad:
                     raise InputError(f"{error} Ids must be unique. {SKIP_HINT}")
@@ -316,7 +366,8 @@ def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
             reasons[kind] += 1
             examples.setdefault(kind, error)
     if num_rows == 0:
-        raise InputError(f"{spec.path}: the file holds no inputs. HINT: check data.path.")
+        what = "the file holds" if len(spec.files) == 1 else f"its {len(spec.files)} files hold"
+        raise InputError(f"{spec.source}: {what} no inputs. HINT: check data.path.")
     digest, blocks = hasher.finish(num_rows)
     bad = sum(reasons.values())
     return InputScan(num_rows, bad, duplicates, digest, block_rows, blocks, reasons, examples)

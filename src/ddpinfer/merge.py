@@ -4,7 +4,7 @@ Memory stays bounded by one part at a time. Every row must appear exactly once (
 as an error), or the merge stops naming what is missing or duplicated, and no output is written.
 Results are never re-parsed: Arrow columns go to Parquet and to a Hugging Face ``datasets`` folder
 as they are, to ``.npy`` as raw float32, and to JSON Lines through orjson (float32 values in their
-shortest form).
+shortest form). Input fields kept with ``output.keep_fields`` come right after the id.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ import pyarrow as pa
 
 from ddpinfer.atomic import atomic_dir, atomic_path, atomic_text
 from ddpinfer.errors import UserError
-from ddpinfer.parts import ERRORS_KEY, ID_ENCODING_KEY, finished_units, part_path, read_part
+from ddpinfer.parts import (
+    ERRORS_KEY,
+    ID_ENCODING_KEY,
+    KEPT_ENCODING_KEY,
+    KEPT_PREFIX,
+    finished_units,
+    part_path,
+    read_part,
+)
 
 SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy"}
 
@@ -90,7 +98,32 @@ def python_ids(table: pa.Table) -> list[Any]:
 
 
 def _task_fields(table: pa.Table) -> list[str]:
-    return [n for n in table.column_names if n not in ("row", "id")]
+    return [n for n in table.column_names if n not in ("row", "id") and not _is_kept(n)]
+
+
+def _is_kept(column: str) -> bool:
+    return column.startswith(KEPT_PREFIX)
+
+
+def _kept_columns(table: pa.Table) -> list[str]:
+    return [n for n in table.column_names if _is_kept(n)]
+
+
+def _is_json(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(KEPT_ENCODING_KEY) == b"json"
+
+
+def kept_values(table: pa.Table, column: str) -> list[Any]:
+    """A kept input field's values as they were in the input."""
+    values = table.column(column).to_pylist()
+    if _is_json(table.schema.field(column)):
+        return [json.loads(v) for v in values]
+    return values
+
+
+def _output_names(table: pa.Table) -> list[str]:
+    """``id``, the kept input fields (by their own names), then the task's fields."""
+    return ["id", *(n[len(KEPT_PREFIX) :] for n in _kept_columns(table)), *_task_fields(table)]
 
 
 @dataclass(frozen=True)
@@ -129,8 +162,10 @@ class JsonlWriter:
         self.file = open(tmp, "wb")
 
     def write(self, table: pa.Table) -> None:
-        keys = ("id", *_task_fields(table))
-        columns = [python_ids(table), *(_json_values(table.column(k)) for k in keys[1:])]
+        keys = _output_names(table)
+        kept = [kept_values(table, c) for c in _kept_columns(table)]
+        task = [_json_values(table.column(k)) for k in _task_fields(table)]
+        columns = [python_ids(table), *kept, *task]
         option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
         dumps = orjson.dumps
         self.file.write(
@@ -185,13 +220,14 @@ class ParquetWriter:
     def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
         self.tmp = tmp
         self.id_type = _common_id_type(run_dir, units)
+        self.kept_types = _kept_types(run_dir, units)
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
 
-        out = _output_table(table, self.id_type)
+        out = _output_table(table, self.id_type, self.kept_types)
         if self.writer is None:
             self.schema = out.schema
             strings = [f.name for f in out.schema if pa.types.is_string(f.type)]
@@ -207,18 +243,51 @@ class ParquetWriter:
             pq.write_table(pa.table({"id": pa.array([], self.id_type)}), self.tmp)
 
 
-def _output_table(table: pa.Table, id_type: pa.DataType) -> pa.Table:
-    """A part as output columns: ``id`` as ``id_type`` (mixed ids as strings), then the task's
-    fields; the part's row numbers and metadata stay behind."""
+def _output_table(
+    table: pa.Table, id_type: pa.DataType, kept_types: dict[str, pa.DataType | None]
+) -> pa.Table:
+    """A part as output columns: ``id`` as ``id_type`` (mixed ids as strings), the kept input
+    fields as their ``kept_types``, then the task's fields; the part's row numbers and metadata
+    stay behind."""
     ids = table.column("id")
     field = table.schema.field("id")
     if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
         ids = pa.array([str(i) for i in python_ids(table)], pa.string())
     ids = ids.cast(id_type)
+    kept = [_kept_output(table, c, kept_types[c]) for c in _kept_columns(table)]
     return pa.Table.from_arrays(
-        [ids, *(table.column(n) for n in _task_fields(table))],
-        names=["id", *_task_fields(table)],
+        [ids, *kept, *(table.column(n) for n in _task_fields(table))],
+        names=_output_names(table),
     )
+
+
+def _kept_output(table: pa.Table, column: str, kind: pa.DataType | None) -> Any:
+    """A kept column as the type it has in every part (``None``: JSON text in all of them)."""
+    if kind is None:
+        if _is_json(table.schema.field(column)):
+            return table.column(column)
+        return pa.array(
+            [json.dumps(v, ensure_ascii=False, default=str) for v in kept_values(table, column)],
+            pa.string(),
+        )
+    return table.column(column).cast(kind)  # null-typed (all values null) in this part: typed
+
+
+def _kept_types(run_dir: Path, units: list[range]) -> dict[str, pa.DataType | None]:
+    """Each kept column's type in the output: the one type its parts agree on (parts where
+    every value is null aside), else ``None`` for JSON text (a field that is a number in one
+    part and a string in another)."""
+    kinds: dict[str, set[Any]] = {}
+    for schema in _part_schemas(run_dir, units):
+        for field in (f for f in schema if _is_kept(f.name)):
+            seen = kinds.setdefault(field.name, set())
+            if field.type != pa.null():
+                seen.add("json" if _is_json(field) else field.type)
+    types: dict[str, pa.DataType | None] = {}
+    for name, seen in kinds.items():
+        only = next(iter(seen)) if len(seen) == 1 else None
+        types[name] = pa.null() if not seen else None if only == "json" else only
+    return types
 
 
 class HfDatasetWriter:
@@ -231,12 +300,13 @@ class HfDatasetWriter:
     def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
         self.folder = tmp
         self.id_type = _common_id_type(run_dir, units)
+        self.kept_types = _kept_types(run_dir, units)
         self.sink = pa.OSFile(str(tmp / self.DATA_FILE), "wb")
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
-        out = _output_table(table, self.id_type)
+        out = _output_table(table, self.id_type, self.kept_types)
         if self.writer is None:
             self.schema = out.schema
             self.writer = pa.ipc.new_stream(self.sink, self.schema)
@@ -283,9 +353,10 @@ def _common_id_type(run_dir: Path, units: list[range]) -> pa.DataType:
 
 
 class NpyWriter:
-    """One float32 ``[N, dim]`` matrix of the embeddings, in input order, and the id of each
-    matrix row in ``<stem>.ids.jsonl`` beside it. N counts the inputs that ran (errors are in
-    errors.jsonl), so it is known from the parts' error lists before any value is read."""
+    """One float32 ``[N, dim]`` matrix of the embeddings, in input order, and the id (and kept
+    input fields) of each matrix row in ``<stem>.ids.jsonl`` beside it. N counts the inputs
+    that ran (errors are in errors.jsonl), so it is known from the parts' error lists before
+    any value is read."""
 
     def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
         self.rows = 0
@@ -309,8 +380,10 @@ class NpyWriter:
             )
         self.file.write(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
         option = orjson.OPT_APPEND_NEWLINE
+        keys = ["id", *(n[len(KEPT_PREFIX) :] for n in _kept_columns(table))]
+        columns = [python_ids(table), *(kept_values(table, c) for c in _kept_columns(table))]
         self.ids_file.write(
-            b"".join(orjson.dumps({"id": i}, option=option) for i in python_ids(table))
+            b"".join(orjson.dumps(dict(zip(keys, r)), option=option) for r in zip(*columns))
         )
         self.written += len(matrix)
 

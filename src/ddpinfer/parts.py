@@ -8,6 +8,10 @@ done exactly when its part file exists.
 
 Ids keep their type: an ``int64`` column when all of a part's ids are integers, ``string`` when
 all are strings, and for a mix, strings holding each id as JSON (field metadata says so).
+
+Input fields kept for the output (``output.keep_fields``) follow as ``kept:<name>`` columns (a
+prefix, so that no input field can clash with ``row``): typed as Arrow infers them when that
+gives the values back unchanged, else as JSON text (field metadata says so), decoded on merge.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import numpy as np
 import pyarrow as pa
 
 from ddpinfer.atomic import atomic_path
+from ddpinfer.errors import UserError
 
 PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
 ERRORS_KEY = b"ddpinfer.errors"
 ID_ENCODING_KEY = b"ddpinfer.id"
+KEPT_PREFIX = "kept:"
+KEPT_ENCODING_KEY = b"ddpinfer.kept"
 
 
 def parts_dir(run_dir: Path) -> Path:
@@ -60,9 +67,28 @@ def column_array(values: Any) -> pa.Array:
     return pa.array(list(values))
 
 
+def kept_array(name: str, values: list[Any]) -> tuple[pa.Array, pa.Field]:
+    """A kept input field as its ``kept:<name>`` column: typed when Arrow gives the values back
+    as they were (not for mixed types, or dicts with different keys), else JSON text."""
+    try:
+        array = pa.array(values)
+        if array.to_pylist() == values:
+            return array, pa.field(KEPT_PREFIX + name, array.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    encoded = [json.dumps(v, ensure_ascii=False, default=str) for v in values]
+    field = pa.field(KEPT_PREFIX + name, pa.string(), metadata={KEPT_ENCODING_KEY: b"json"})
+    return pa.array(encoded, pa.string()), field
+
+
 def build_table(
-    rows: Sequence[int], ids: Sequence[Any], columns: dict[str, Any], errors: list[dict]
+    rows: Sequence[int],
+    ids: Sequence[Any],
+    columns: dict[str, Any],
+    errors: list[dict],
+    kept: dict[str, list[Any]] | None = None,
 ) -> pa.Table:
+    """A unit's part: ``row``, ``id``, the task's columns, then the ``kept`` input fields."""
     id_values, id_field = id_array(ids)
     arrays = [pa.array(rows, pa.int64()), id_values]
     fields = [pa.field("row", pa.int64()), id_field]
@@ -70,6 +96,15 @@ def build_table(
         array = column_array(values)
         arrays.append(array)
         fields.append(pa.field(name, array.type))
+    for name, values in (kept or {}).items():
+        if name in columns:  # a custom task's column; the built-in ones are refused up front
+            raise UserError(
+                f"output.keep_fields names {name!r}, a column the task writes itself. HINT: "
+                "keep other fields, or rename that input field."
+            )
+        array, field = kept_array(name, values)
+        arrays.append(array)
+        fields.append(field)
     metadata = {ERRORS_KEY: json.dumps(errors, ensure_ascii=False).encode()}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 

@@ -101,10 +101,17 @@ class WindowFeed:
 
 
 class PartWriter:
-    """Encodes finished units as Arrow and writes their part files, off the compute thread."""
+    """Encodes finished units as Arrow and writes their part files, off the compute thread;
+    ``keep`` names the input fields (from ``Row.fields``) written beside the results."""
 
-    def __init__(self, run_dir: Path, on_written: Callable[[UnitResult], None] = lambda r: None):
+    def __init__(
+        self,
+        run_dir: Path,
+        on_written: Callable[[UnitResult], None] = lambda r: None,
+        keep: tuple[str, ...] = (),
+    ):
         self.run_dir = run_dir
+        self.keep = keep
         self.on_written = on_written
         self.done: list[int] = []
         self._queue: queue.Queue[UnitResult | None] = queue.Queue()
@@ -136,8 +143,13 @@ class PartWriter:
                 continue
             try:
                 rows = [result.rows[i] for i in result.good]
+                kept = {k: [r.fields[k] for r in rows] for k in self.keep}  # type: ignore[index]
                 table = build_table(
-                    [r.index for r in rows], [r.id for r in rows], result.columns, result.errors
+                    [r.index for r in rows],
+                    [r.id for r in rows],
+                    result.columns,
+                    result.errors,
+                    kept,
                 )
                 write_part(self.run_dir, result.unit, table)
                 self.done.append(result.unit)

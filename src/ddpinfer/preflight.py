@@ -31,7 +31,7 @@ from ddpinfer.model_loading import check_model_path
 from ddpinfer.part_transfer import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.parts import finished_units, part_path, parts_dir
 from ddpinfer.process_group import ProcessGroup
-from ddpinfer.tasks import input_fields, model_path
+from ddpinfer.tasks import check_keep_fields, input_fields, model_path
 
 log = logging.getLogger("ddpinfer")
 
@@ -86,6 +86,8 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
         cfg.data.id_field,
         skip_bad=cfg.data.on_error == "skip",
         fields=input_fields(cfg),
+        split=cfg.data.split,
+        keep=tuple(cfg.output.keep_fields or ()),
     )
 
 
@@ -103,13 +105,25 @@ def _check_writable(folder: Path) -> None:
 
 
 def _check_not_the_input(output: Path, spec: inputs.InputSpec) -> None:
-    same = output.resolve() == spec.path.resolve()
-    if not same and output.exists():
-        same = os.path.samefile(output, spec.path)  # a link to the input
-    if same:
+    source = Path(spec.source).expanduser()
+    for path in (*spec.files, source):  # any input file, or the folder that holds a dataset
+        same = output.resolve() == path.resolve()
+        if not same and output.exists() and path.exists():
+            same = os.path.samefile(output, path)  # a link to the input
+        if same:
+            where = "" if path == source else f"{path} of "
+            raise UserError(
+                f"output.path={output} is the input file {where}data.path={spec.source}: the "
+                "results would overwrite the inputs. HINT: choose another output.path."
+            )
+    if (
+        len(spec.files) > 1
+        and not source.exists()
+        and output.absolute().match(str(source.absolute()))
+    ):
         raise UserError(
-            f"output.path={output} is the input file data.path={spec.path}: the results would "
-            "overwrite the inputs. HINT: choose another output.path."
+            f"output.path={output} matches data.path={spec.source}: a re-run would read the "
+            "results as inputs. HINT: choose an output.path outside that pattern."
         )
 
 
@@ -120,6 +134,7 @@ def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs
             "HINT: use output.format=jsonl or parquet (or an output.path ending in one of those)."
         )
     spec = input_spec(cfg)
+    check_keep_fields(cfg)
     check_model_path(model_path(cfg))
     if env.is_main:
         _check_not_the_input(output, spec)
@@ -176,7 +191,7 @@ def _plan_on_main(
     # follows from the row count (automatic sizes are multiples of it).
     scan = inputs.scan(spec, cfg.data.unit_size or inputs.BLOCK_ROWS)
     if spec.skip_bad:
-        check_bad_share(scan, cfg.data.max_bad, spec.path)
+        check_bad_share(scan, cfg.data.max_bad, spec.source)
     unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
     resumed = _reconcile(run_dir, new)
@@ -219,10 +234,10 @@ def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:
 def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) -> None:
     if mine != rank0s:
         raise inputs.InputError(
-            f"data.path={spec.path} on {env.host} (node {env.node_rank}) holds other inputs than "
-            f"rank 0's copy (content digest {mine} here, {rank0s} on rank 0), so ranks would "
-            "compute from different data. HINT: copy the same input file to every node, or "
-            "put it on a filesystem they all share."
+            f"data.path={spec.source} on {env.host} (node {env.node_rank}) holds other inputs "
+            f"than rank 0's copy (content digest {mine} here, {rank0s} on rank 0), so ranks "
+            "would compute from different data. HINT: copy the same input file(s) to every "
+            "node, or put them on a filesystem they all share."
         )
 
 

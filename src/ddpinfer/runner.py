@@ -263,7 +263,10 @@ def _run_units(
         return prepare_window(task, units, rows, limits, pin)
 
     start, started_units = time.perf_counter(), 0
-    with PartWriter(run_dir) as writer, WindowFeed(claims.next, make_window, check_stop) as feed:
+    with (
+        PartWriter(run_dir, keep=plan.spec.keep) as writer,
+        WindowFeed(claims.next, make_window, check_stop) as feed,
+    ):
 
         def unit_done(result: UnitResult) -> None:
             writer.submit(result)

@@ -28,6 +28,26 @@ def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     return ()
 
 
+OUTPUT_COLUMNS = {
+    "embed": ("embedding",),
+    "classify": ("label", "score", "top_k"),
+    "generate": ("generated_text",),
+    "image_text": ("generated_text",),
+}
+"""The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
+
+
+def check_keep_fields(cfg: Config) -> None:
+    """output.keep_fields must not name a column the task writes itself."""
+    taken = OUTPUT_COLUMNS.get(cfg.task.name, ())
+    clash = [name for name in cfg.output.keep_fields or () if name in taken]
+    if clash:
+        raise UserError(
+            f"output.keep_fields names {clash[0]!r}, a column task={cfg.task.name} writes "
+            f"itself ({', '.join(taken)}). HINT: keep other fields, or rename that input field."
+        )
+
+
 def model_path(cfg: Config) -> str:
     """model.path, or the task's bundled default (embed: all-MiniLM-L6-v2)."""
     if cfg.model.path:
