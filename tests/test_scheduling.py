@@ -49,6 +49,8 @@ def test_a_slow_rank_takes_fewer_units_and_results_do_not_change(tmp_path, corpu
     fast, slow_rank = rank_stats(tmp_path, "slow.jsonl", 2)
     assert fast["inputs"] + slow_rank["inputs"] == N
     assert fast["inputs"] >= 2 * slow_rank["inputs"] > 0  # shares follow speed
+    for r in (fast, slow_rank):  # forward passes (the injected delay included) within the phase
+        assert 0 < r["compute_seconds"] <= r["seconds"]
     assert [r["id"] for r in read_jsonl(out)] == [f"doc-{i}" for i in range(N)]
     np.testing.assert_allclose(embeddings(out), embeddings(reference), atol=1e-5)
 

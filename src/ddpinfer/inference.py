@@ -105,6 +105,9 @@ class Throughput:
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    compute_seconds: float = 0.0
+    """Time in forward passes: the rest of the inference phase is the pipeline's overhead
+    (waiting for a window to be tokenized, claiming, writing)."""
 
     def add(self, batch: dict[str, torch.Tensor], rows: int) -> None:
         mask = batch.get("attention_mask")
@@ -161,6 +164,7 @@ class WindowRunner:
             began = time.perf_counter()
             self._run_fitting(window, batch, collated, outputs, errors)
             self._busy_s += time.perf_counter() - began
+            self.stats.compute_seconds = self._busy_s
             self._busy_tokens += sizes[n]
             tokens_left -= sizes[n]
             for pos in batch:
