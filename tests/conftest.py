@@ -32,3 +32,12 @@ def gpt2_generator(models_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llava(models_dir) -> Path:
     return tiny_models.save_llava(models_dir / "llava")
+
+
+@pytest.fixture
+def job(tmp_path, bert_embedder, request) -> tuple[Path, list[str]]:
+    """A resumable job (helpers.resumable_job) of the test module's ``N`` inputs: the folder it
+    runs in, and its arguments."""
+    from helpers import resumable_job
+
+    return tmp_path, resumable_job(tmp_path, bert_embedder, request.module.N)

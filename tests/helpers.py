@@ -86,6 +86,32 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def torchrun_cmd(args: list[str], nproc: int, *flags: str) -> list[str]:
+    """`torchrun --nproc_per_node=N <flags> launch/infer.py <args>`: one standalone node, unless
+    ``flags`` name a rendezvous (``--rdzv-*``, for several "nodes" on this host)."""
+    standalone = [] if any(f.startswith("--rdzv") for f in flags) else ["--standalone"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *standalone,
+        f"--nproc_per_node={nproc}",
+        *flags,
+        str(LAUNCHER),
+        *args,
+    ]
+
+
+def two_node_rendezvous(port: int, rdzv_id: str) -> list[str]:
+    """torchrun flags for one of two "nodes" on this host meeting at a c10d rendezvous."""
+    return [
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-id={rdzv_id}",
+    ]
+
+
 def launch(
     args: list[str],
     *,
@@ -98,16 +124,7 @@ def launch(
     if nproc is None:
         cmd = [sys.executable, str(LAUNCHER), *args]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            *(extra or []),
-            str(LAUNCHER),
-            *args,
-        ]
+        cmd = torchrun_cmd(args, nproc, *(extra or []))
     return subprocess.run(
         cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -187,6 +204,10 @@ def run_in_process(overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     return run(cfg, environ={})
+
+
+FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
+"""Liveness settings that notice a dead rank within seconds, for tests that kill one."""
 
 
 def resumable_job(tmp_path: Path, model: Path, rows: int) -> list[str]:

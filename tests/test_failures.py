@@ -2,19 +2,18 @@
 with another world size, OOM. Real processes on CPU."""
 
 import signal
-import sys
 import time
 
-import helpers
 import pytest
 from helpers import (
-    LAUNCHER,
+    FAST_LIVENESS,
+    assert_complete,
     check,
     job_parts,
     launch,
-    resumable_job,
     start,
     start_ranks,
+    torchrun_cmd,
     wait_all,
     wait_for,
     write_jsonl,
@@ -23,20 +22,6 @@ from helpers import (
 pytestmark = pytest.mark.slow
 
 N = 48
-FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
-
-
-@pytest.fixture
-def job(tmp_path, bert_embedder):
-    return tmp_path, resumable_job(tmp_path, bert_embedder, N)
-
-
-def parts(tmp_path):
-    return job_parts(tmp_path)
-
-
-def assert_complete(tmp_path):
-    helpers.assert_complete(tmp_path, N)
 
 
 def rank_logs(tmp_path, world_size):
@@ -46,7 +31,7 @@ def rank_logs(tmp_path, world_size):
 def test_kill_9_of_a_rank_stops_the_others_then_a_smaller_world_resumes(job):
     tmp_path, args = job
     procs = start_ranks([*args, *FAST_LIVENESS, "fault.delay_s=0.3"], 3, tmp_path)
-    wait_for(lambda: len(parts(tmp_path)) >= 3)
+    wait_for(lambda: len(job_parts(tmp_path)) >= 3)
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     codes = wait_all(procs, timeout=120)
@@ -55,12 +40,12 @@ def test_kill_9_of_a_rank_stops_the_others_then_a_smaller_world_resumes(job):
     assert codes[1] == -signal.SIGKILL and codes[0] == codes[2] == 3, logs
     assert "rank 1 stopped responding" in logs
     assert not (tmp_path / "out.jsonl").exists()
-    kept = len(parts(tmp_path))
+    kept = len(job_parts(tmp_path))
     assert 0 < kept < 12
 
     result = check(launch(args, nproc=2, cwd=tmp_path))  # another world size
     assert f"{12 - kept} to do" in result.stderr and "resuming" in result.stderr
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
 
 
 def test_a_raising_rank_is_named_and_the_job_fails_in_bounded_time(job):
@@ -74,47 +59,38 @@ def test_a_raising_rank_is_named_and_the_job_fails_in_bounded_time(job):
     assert codes[2] == 1 and codes[0] == codes[1] == 3, logs
     assert "rank 2 failed: InjectedFault: injected fault on rank 2" in logs
     assert time.monotonic() - began < 90
-    assert parts(tmp_path)  # finished work stays on disk
+    assert job_parts(tmp_path)  # finished work stays on disk
 
 
 def test_sigterm_stops_with_its_own_exit_code_and_keeps_finished_work(job):
     tmp_path, args = job
     procs = start_ranks([*args, *FAST_LIVENESS, "fault.delay_s=0.3"], 2, tmp_path)
-    wait_for(lambda: len(parts(tmp_path)) >= 2)
+    wait_for(lambda: len(job_parts(tmp_path)) >= 2)
     for p in procs:  # as SLURM signals every task of a job
         p.send_signal(signal.SIGTERM)
     codes = wait_all(procs, timeout=60)
     assert codes == [75, 75], rank_logs(tmp_path, 2)
     assert "run the same command again to resume" in rank_logs(tmp_path, 2)
-    kept = len(parts(tmp_path))
+    kept = len(job_parts(tmp_path))
     assert 0 < kept < 12
 
     result = check(launch(args, cwd=tmp_path))
     assert "resuming" in result.stderr
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
 
 
 def test_torchrun_max_restarts_resumes_the_restarted_group(job):
     tmp_path, args = job
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
+    cmd = torchrun_cmd(
+        [*args, "fault.rank=1", "fault.kind=exit", "fault.at_unit=2", "fault.attempt=0"],
+        2,
         "--max-restarts=1",
-        str(LAUNCHER),
-        *args,
-        "fault.rank=1",
-        "fault.kind=exit",
-        "fault.at_unit=2",
-        "fault.attempt=0",
-    ]
+    )
     proc = start(cmd, tmp_path, tmp_path / "torchrun.log")
     assert proc.wait(timeout=300) == 0, (tmp_path / "torchrun.log").read_text()
     log = (tmp_path / "torchrun.log").read_text()
     assert "injected exit on rank 1" in log and "resuming" in log
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
 
 
 def test_a_preflight_error_stops_every_rank_at_once(job):
@@ -140,7 +116,7 @@ def test_resume_is_refused_for_other_inputs_unless_fresh(job):
     write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
     check(launch([*args, "run.fresh=true"], cwd=tmp_path))
     assert (tmp_path / "out.jsonl").read_text() != first
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
     # Same command again: everything is done already; the output is written again unchanged.
     again = (tmp_path / "out.jsonl").read_text()
     result = check(launch(args, cwd=tmp_path))

@@ -6,18 +6,20 @@ import sys
 import threading
 import time
 
-import helpers
 import pytest
 from helpers import (
+    FAST_LIVENESS,
     LAUNCHER,
     TEXTS,
+    assert_complete,
     check,
     free_port,
     job_parts,
     launch,
-    resumable_job,
     start,
     start_ranks,
+    torchrun_cmd,
+    two_node_rendezvous,
     wait_all,
     wait_for,
     write_jsonl,
@@ -26,20 +28,6 @@ from helpers import (
 pytestmark = pytest.mark.slow
 
 N = 24
-FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]
-
-
-@pytest.fixture
-def job(tmp_path, bert_embedder):
-    return tmp_path, resumable_job(tmp_path, bert_embedder, N)
-
-
-def parts(tmp_path):
-    return job_parts(tmp_path)
-
-
-def assert_complete(tmp_path):
-    helpers.assert_complete(tmp_path, N)
 
 
 def last_line(text: str, rank: int) -> str:
@@ -60,44 +48,41 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
         tmp_path / "first.log",
     )
     try:
-        wait_for(lambda: len(parts(tmp_path)) >= 1)
+        wait_for(lambda: len(job_parts(tmp_path)) >= 1)
         # The same command again, even with run.fresh=true: refused before touching anything.
         second = launch([*args, "run.fresh=true"], cwd=tmp_path, timeout=60)
         assert second.returncode == 2, second.stderr
         assert f"is in use by pid {first.pid} on " in second.stderr
-        assert parts(tmp_path)  # the first job's parts are still there
+        assert job_parts(tmp_path)  # the first job's parts are still there
         first.send_signal(signal.SIGKILL)  # gone without releasing its lock
         first.wait(timeout=30)
     finally:
         stop_all([first])
     result = check(launch(args, cwd=tmp_path))
     assert "took over" in result.stderr and "no longer runs" in result.stderr
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
 
 
 def test_fresh_applies_to_the_first_attempt_only(job):
     tmp_path, args = job
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
+    cmd = torchrun_cmd(
+        [
+            *args,
+            "run.fresh=true",
+            "fault.rank=1",
+            "fault.kind=exit",
+            "fault.at_unit=2",
+            "fault.attempt=0",
+        ],
+        2,
         "--max-restarts=1",
-        str(LAUNCHER),
-        *args,
-        "run.fresh=true",
-        "fault.rank=1",
-        "fault.kind=exit",
-        "fault.at_unit=2",
-        "fault.attempt=0",
-    ]
+    )
     proc = start(cmd, tmp_path, tmp_path / "torchrun.log")
     assert proc.wait(timeout=300) == 0, (tmp_path / "torchrun.log").read_text()
     log = (tmp_path / "torchrun.log").read_text()
     assert "injected exit on rank 1" in log
     assert "applies to a job's first attempt only" in log and "resuming" in log
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, N)
 
 
 def test_a_rank_that_makes_no_progress_is_reported_as_stalled(job):
@@ -175,20 +160,8 @@ def test_each_node_checks_its_input_copy(tmp_path, bert_embedder):
     for node, texts in ((0, TEXTS), (1, [*TEXTS[:-1], "another last line"])):
         (tmp_path / f"node{node}").mkdir()
         write_jsonl(tmp_path / f"node{node}" / "in.jsonl", texts)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{port}",
-            "--rdzv-id=copies",
-            str(LAUNCHER),
-            f"model.path={bert_embedder}",
-            "data.path=in.jsonl",
-            "output.path=out.jsonl",
-        ]
+        args = [f"model.path={bert_embedder}", "data.path=in.jsonl", "output.path=out.jsonl"]
+        cmd = torchrun_cmd(args, 1, *two_node_rendezvous(port, "copies"))
         procs.append(start(cmd, tmp_path / f"node{node}", tmp_path / f"node{node}.log"))
     try:
         codes = [p.wait(timeout=300) for p in procs]

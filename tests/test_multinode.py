@@ -1,11 +1,19 @@
 """Two torchrun "nodes" on this host, c10d rendezvous, each with its own run directory: the
 no-shared-filesystem path, where parts travel to rank 0 over the process group."""
 
-import sys
-
 import numpy as np
 import pytest
-from helpers import LAUNCHER, TEXTS, check, free_port, launch, read_jsonl, start, write_jsonl
+from helpers import (
+    TEXTS,
+    check,
+    free_port,
+    launch,
+    read_jsonl,
+    start,
+    torchrun_cmd,
+    two_node_rendezvous,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +32,8 @@ def launch_two_nodes(tmp_path, args: list[str], nproc: int, tag: str) -> tuple[l
     procs = []
     for node in (0, 1):
         (tmp_path / f"node{node}").mkdir(exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=2",
-            f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{port}",
-            f"--rdzv-id=two-nodes-{tag}",
-            str(LAUNCHER),
-            *args,
-            f"run.dir=node{node}/run",
-            f"output.path=node{node}/out.jsonl",
-        ]
+        own = [f"run.dir=node{node}/run", f"output.path=node{node}/out.jsonl"]
+        cmd = torchrun_cmd([*args, *own], nproc, *two_node_rendezvous(port, f"two-nodes-{tag}"))
         procs.append(start(cmd, tmp_path, tmp_path / f"node{node}-{tag}.log"))
     codes = [p.wait(timeout=300) for p in procs]
     logs = "\n".join((tmp_path / f"node{n}-{tag}.log").read_text() for n in (0, 1))

@@ -4,10 +4,9 @@ bar on a terminal or as a line every log.progress_every_s without one."""
 import os
 import pty
 import subprocess
-import sys
 
 import pytest
-from helpers import LAUNCHER, TEXTS, check, launch, subprocess_env, write_jsonl
+from helpers import TEXTS, check, launch, subprocess_env, torchrun_cmd, write_jsonl
 
 from ddpinfer.config import LogConfig
 from ddpinfer.progress import Display, LocalCounters, Reporter, Snapshot, progress_line
@@ -74,15 +73,7 @@ def job_args(tmp_path, bert_embedder, *extra):
 
 @pytest.mark.slow
 def test_bar_on_a_terminal_reaches_the_total_over_two_ranks(tmp_path, bert_embedder):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(LAUNCHER),
-        *job_args(tmp_path, bert_embedder),
-    ]
+    cmd = torchrun_cmd(job_args(tmp_path, bert_embedder), 2)
     console = run_on_pty(cmd, tmp_path)
     assert "11/11" in console and "tokens/s, slowest rank" in console
     assert "\r" in console  # redrawn in place

@@ -213,26 +213,41 @@ def _float32_scalars(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-class ParquetWriter:
-    """Embeddings as a list of float32 (about their raw bytes); ids as int64 when every id is
-    an integer, else as strings (an integer id 7 becomes "7")."""
+class _ArrowTableWriter:
+    """Writes parts as output tables (``_output_table``) of one schema, fixed by the first part,
+    to the Arrow writer ``_open`` makes: the id and kept-field types every part agrees on are
+    found before the first write."""
 
-    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
-        self.tmp = tmp
+    def __init__(self, run_dir: Path, units: list[range]):
         self.id_type = _common_id_type(run_dir, units)
         self.kept_types = _kept_types(run_dir, units)
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
-    def write(self, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
+    def _open(self, schema: pa.Schema) -> Any:
+        raise NotImplementedError
 
+    def write(self, table: pa.Table) -> None:
         out = _output_table(table, self.id_type, self.kept_types)
         if self.writer is None:
             self.schema = out.schema
-            strings = [f.name for f in out.schema if pa.types.is_string(f.type)]
-            self.writer = pq.ParquetWriter(self.tmp, out.schema, use_dictionary=strings)
+            self.writer = self._open(out.schema)
         self.writer.write_table(out.cast(self.schema))
+
+
+class ParquetWriter(_ArrowTableWriter):
+    """Embeddings as a list of float32 (about their raw bytes); ids as int64 when every id is
+    an integer, else as strings (an integer id 7 becomes "7")."""
+
+    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        super().__init__(run_dir, units)
+        self.tmp = tmp
+
+    def _open(self, schema: pa.Schema) -> Any:
+        import pyarrow.parquet as pq
+
+        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        return pq.ParquetWriter(self.tmp, schema, use_dictionary=strings)
 
     def close(self) -> None:
         import pyarrow.parquet as pq
@@ -290,7 +305,7 @@ def _kept_types(run_dir: Path, units: list[range]) -> dict[str, pa.DataType | No
     return types
 
 
-class HfDatasetWriter:
+class HfDatasetWriter(_ArrowTableWriter):
     """A folder that ``datasets.load_from_disk`` opens as a ``Dataset``: one Arrow stream file
     (``datasets``' own on-disk form, memory-mapped when loaded), ``state.json`` naming it and
     ``dataset_info.json`` (features are read from the Arrow schema). Columns as for Parquet."""
@@ -298,19 +313,12 @@ class HfDatasetWriter:
     DATA_FILE = "data-00000-of-00001.arrow"
 
     def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+        super().__init__(run_dir, units)
         self.folder = tmp
-        self.id_type = _common_id_type(run_dir, units)
-        self.kept_types = _kept_types(run_dir, units)
         self.sink = pa.OSFile(str(tmp / self.DATA_FILE), "wb")
-        self.writer: Any = None
-        self.schema: pa.Schema | None = None
 
-    def write(self, table: pa.Table) -> None:
-        out = _output_table(table, self.id_type, self.kept_types)
-        if self.writer is None:
-            self.schema = out.schema
-            self.writer = pa.ipc.new_stream(self.sink, self.schema)
-        self.writer.write_table(out.cast(self.schema))
+    def _open(self, schema: pa.Schema) -> Any:
+        return pa.ipc.new_stream(self.sink, schema)
 
     def close(self) -> None:
         if self.writer is None:  # no results at all: still a loadable, empty dataset

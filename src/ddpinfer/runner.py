@@ -4,7 +4,6 @@ inference, part files, and rank 0's merge into the final output."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -13,29 +12,27 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from ddpinfer import faults, launch_env, manifest, summary, work_units
+from ddpinfer import faults, launch_env, manifest, summary
 from ddpinfer.atomic import atomic_text
-from ddpinfer.batching import BatchLimits
 from ddpinfer.config import Config, to_config
 from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.errors import UserError
-from ddpinfer.inference import Throughput, UnitResult, Window, WindowRunner, prepare_window
-from ddpinfer.inputs import Row, RowStream
+from ddpinfer.inference import Throughput
 from ddpinfer.liveness import Liveness
-from ddpinfer.logs import FILE_ONLY, setup_logging
+from ddpinfer.logs import setup_logging
 from ddpinfer.merge import MergeSummary, merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts
-from ddpinfer.pipeline import PartWriter, WindowFeed
 from ddpinfer.preflight import Plan, agreed, preflight
-from ddpinfer.process_group import ProcessGroup, connect_store
-from ddpinfer.progress import Progress, Reporter
+from ddpinfer.process_group import ProcessGroup
+from ddpinfer.progress import Progress
+from ddpinfer.rank_loop import run_units
 from ddpinfer.run_dir import resolve_run_dir
 from ddpinfer.run_lock import take_run_lock
 from ddpinfer.stopping import (
@@ -53,9 +50,6 @@ from ddpinfer.stopping import (
 from ddpinfer.tasks import build_task, model_path
 
 log = logging.getLogger("ddpinfer")
-
-DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}
-"""Padded tokens per forward pass when batch.max_tokens is unset (see benchmarks/)."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +162,7 @@ def _run(
     progress = Progress(env, total, total - sum(len(plan.units[u]) for u in plan.pending), cfg.log)
     try:
         done, stats = (
-            _run_units(cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter)
+            run_units(cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter)
             if task
             else ([], None)
         )
@@ -223,83 +217,6 @@ def _finish(
     log.info("manifest: %s", manifest.append_attempt(run_dir, entry))
 
 
-def _unit_counter(env) -> Callable[[int], int]:
-    """The counter every rank claims work units from: the rendezvous store's atomic add."""
-    if not env.is_distributed:
-        return work_units.local_counter()
-    store = connect_store(env, datetime.timedelta(seconds=60), "work")
-    return lambda n: store.add("claimed", n)
-
-
-def _run_units(
-    cfg: Config,
-    env,
-    run_dir: Path,
-    plan: Plan,
-    task,
-    before_batch,
-    check_stop,
-    reporter: Reporter,
-) -> tuple[list[int], Throughput]:
-    """Claim windows of work units until none are left; each unit's part is written as soon as
-    its last input is done. ``before_batch`` runs before each batch (it counts as progress);
-    ``check_stop`` while waiting for the next window (which does not)."""
-    limits = batch_limits(cfg, task.device)
-    window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
-    claims = work_units.UnitClaims(
-        plan.pending, plan.unit_size, env.world_size, window_rows, _unit_counter(env)
-    )
-    runner = WindowRunner(task, limits, before_batch, cfg.fault, env.rank)
-    pin = task.device.type == "cuda"
-    inputs = RowStream(plan.spec)
-
-    def make_window(units: list[int]) -> Window:
-        ranges = [plan.units[u] for u in units]
-        stream = inputs.read(range(ranges[0].start, ranges[-1].stop))
-        rows = [
-            [_mark_bad(r, plan.bad_rows) for r in unit_rows]
-            for unit_rows in work_units.split_rows(stream, ranges)
-        ]
-        return prepare_window(task, units, rows, limits, pin)
-
-    start, started_units = time.perf_counter(), 0
-    with (
-        PartWriter(run_dir, keep=plan.spec.keep) as writer,
-        WindowFeed(claims.next, make_window, check_stop) as feed,
-    ):
-
-        def unit_done(result: UnitResult) -> None:
-            writer.submit(result)
-            reporter.unit_done(len(result.rows), len(result.errors), runner.stats.real_tokens)
-
-        for window in feed:
-            faults.before_units(
-                cfg.fault, env.rank, env.restart_count, started_units, len(window.units)
-            )
-            started_units += len(window.units)
-            runner.run(window, unit_done, feed.request_next, feed.lead_s)
-            writer.check()
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            log.info(
-                "units %s done (%d units so far, %.1f inputs/s, padding efficiency %.2f)",
-                _unit_span(window.units),
-                started_units,
-                runner.stats.inputs / elapsed,
-                runner.stats.real_tokens / max(1, runner.stats.padded_tokens),
-                extra=FILE_ONLY,  # rank 0's console has the progress bar instead
-            )
-    return writer.done, runner.stats
-
-
-def _unit_span(units: list[int]) -> str:
-    return str(units[0]) if len(units) == 1 else f"{units[0]}-{units[-1]}"
-
-
-def batch_limits(cfg: Config, device: torch.device) -> BatchLimits:
-    default = DEFAULT_MAX_TOKENS["cuda" if device.type == "cuda" else "cpu"]
-    return BatchLimits(cfg.batch_size, cfg.batch.max_tokens or default)
-
-
 def _save_stats(
     run_dir: Path, rank: int, stats: Throughput, start: float, progress: Progress, device
 ) -> dict:
@@ -324,11 +241,6 @@ def _save_stats(
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
-    reason = bad_rows.get(row.index)
-    return row if reason is None or row.error else dataclasses.replace(row, text="", error=reason)
 
 
 def _merge(run_dir: Path, plan: Plan, started: float) -> MergeSummary:
