@@ -301,13 +301,12 @@ def _take_held_units(
         else None
     )
     senders = assign_held_parts(plan["pending"], group.all_gather_object(held))
-    for rank, units in senders.items():
-        if env.is_main:
-            log.info(
-                "rank %d's node holds %d finished unit(s) from an earlier attempt: sent at "
-                "the end, not recomputed",
-                rank,
-                len(units),
-            )
+    for rank, units in senders.items() if env.is_main else ():
+        log.info(
+            "rank %d's node holds %d finished unit(s) from an earlier attempt: sent at the "
+            "end, not recomputed",
+            rank,
+            len(units),
+        )
     taken = {unit for units in senders.values() for unit in units}
     return [u for u in plan["pending"] if u not in taken], senders.get(env.rank, [])
