@@ -94,7 +94,7 @@ class DataConfig:
     """Column or JSON key holding each input's id. Unset: the 0-based row index."""
     unit_size: int | None = None
     """Rows per work unit: the grain of claiming, resume and part files. Unset: from the row
-    count, 256 to 4096 (always a multiple of 256)."""
+    count, a power of two from 64 to 4096 (about 256 units for large inputs)."""
     image_field: str = "image"
     """task=image_text: column or JSON key holding one image path or a list of them (relative
     paths are resolved against the data file's folder)."""
