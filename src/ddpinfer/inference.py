@@ -133,7 +133,6 @@ class WindowRunner:
         self.fault = fault
         self.rank = rank
         self.stats = Throughput()
-        self._busy_s = 0.0
         self._busy_tokens = 0
 
     def run(
@@ -163,8 +162,7 @@ class WindowRunner:
             self.check_stop()
             began = time.perf_counter()
             self._run_fitting(window, batch, collated, outputs, errors)
-            self._busy_s += time.perf_counter() - began
-            self.stats.compute_seconds = self._busy_s
+            self.stats.compute_seconds += time.perf_counter() - began
             self._busy_tokens += sizes[n]
             tokens_left -= sizes[n]
             for pos in batch:
@@ -180,7 +178,7 @@ class WindowRunner:
         nothing has been measured yet)."""
         if self._busy_tokens == 0:
             return 0.0 if last else float("inf")
-        return tokens * self._busy_s / self._busy_tokens
+        return tokens * self.stats.compute_seconds / self._busy_tokens
 
     @staticmethod
     def _unit_counts(window: Window, errors: dict[int, str]) -> tuple[list[int], list[int]]:

@@ -29,6 +29,7 @@ from ddpinfer.parts import (
     KEPT_ENCODING_KEY,
     KEPT_PREFIX,
     finished_units,
+    kept_json,
     part_path,
     read_part,
 )
@@ -121,9 +122,14 @@ def kept_values(table: pa.Table, column: str) -> list[Any]:
     return values
 
 
+def _kept_names(table: pa.Table) -> list[str]:
+    """The kept input fields' own names (their columns without the ``kept:`` prefix)."""
+    return [n[len(KEPT_PREFIX) :] for n in _kept_columns(table)]
+
+
 def _output_names(table: pa.Table) -> list[str]:
-    """``id``, the kept input fields (by their own names), then the task's fields."""
-    return ["id", *(n[len(KEPT_PREFIX) :] for n in _kept_columns(table)), *_task_fields(table)]
+    """``id``, the kept input fields, then the task's fields."""
+    return ["id", *_kept_names(table), *_task_fields(table)]
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,7 @@ class _ArrowTableWriter:
     found before the first write."""
 
     def __init__(self, run_dir: Path, units: list[range]):
-        self.id_type = _common_id_type(run_dir, units)
-        self.kept_types = _kept_types(run_dir, units)
+        self.id_type, self.kept_types = _output_types(run_dir, units)
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
@@ -281,19 +286,22 @@ def _kept_output(table: pa.Table, column: str, kind: pa.DataType | None) -> Any:
     if kind is None:
         if _is_json(table.schema.field(column)):
             return table.column(column)
-        return pa.array(
-            [json.dumps(v, ensure_ascii=False, default=str) for v in kept_values(table, column)],
-            pa.string(),
-        )
+        return kept_json(kept_values(table, column))
     return table.column(column).cast(kind)  # null-typed (all values null) in this part: typed
 
 
-def _kept_types(run_dir: Path, units: list[range]) -> dict[str, pa.DataType | None]:
-    """Each kept column's type in the output: the one type its parts agree on (parts where
-    every value is null aside), else ``None`` for JSON text (a field that is a number in one
-    part and a string in another)."""
+def _output_types(
+    run_dir: Path, units: list[range]
+) -> tuple[pa.DataType, dict[str, pa.DataType | None]]:
+    """From one pass over the parts' schemas: the id column's type (int64 when every part's ids
+    are integers, else string) and each kept column's type: the one type its parts agree on
+    (parts where every value is null aside), else ``None`` for JSON text (a field that is a
+    number in one part and a string in another)."""
+    id_type = pa.int64()
     kinds: dict[str, set[Any]] = {}
     for schema in _part_schemas(run_dir, units):
+        if schema.field("id").type != pa.int64():
+            id_type = pa.string()
         for field in (f for f in schema if _is_kept(f.name)):
             seen = kinds.setdefault(field.name, set())
             if field.type != pa.null():
@@ -302,7 +310,7 @@ def _kept_types(run_dir: Path, units: list[range]) -> dict[str, pa.DataType | No
     for name, seen in kinds.items():
         only = next(iter(seen)) if len(seen) == 1 else None
         types[name] = pa.null() if not seen else None if only == "json" else only
-    return types
+    return id_type, types
 
 
 class HfDatasetWriter(_ArrowTableWriter):
@@ -353,13 +361,6 @@ def _part_schemas(run_dir: Path, units: list[range]) -> Iterator[pa.Schema]:
             yield pa.ipc.open_file(f).schema
 
 
-def _common_id_type(run_dir: Path, units: list[range]) -> pa.DataType:
-    for schema in _part_schemas(run_dir, units):
-        if schema.field("id").type != pa.int64():
-            return pa.string()
-    return pa.int64()
-
-
 class NpyWriter:
     """One float32 ``[N, dim]`` matrix of the embeddings, in input order, and the id (and kept
     input fields) of each matrix row in ``<stem>.ids.jsonl`` beside it. N counts the inputs
@@ -388,7 +389,7 @@ class NpyWriter:
             )
         self.file.write(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
         option = orjson.OPT_APPEND_NEWLINE
-        keys = ["id", *(n[len(KEPT_PREFIX) :] for n in _kept_columns(table))]
+        keys = ["id", *_kept_names(table)]
         columns = [python_ids(table), *(kept_values(table, c) for c in _kept_columns(table))]
         self.ids_file.write(
             b"".join(orjson.dumps(dict(zip(keys, r)), option=option) for r in zip(*columns))

@@ -76,9 +76,13 @@ def kept_array(name: str, values: list[Any]) -> tuple[pa.Array, pa.Field]:
             return array, pa.field(KEPT_PREFIX + name, array.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
-    encoded = [json.dumps(v, ensure_ascii=False, default=str) for v in values]
     field = pa.field(KEPT_PREFIX + name, pa.string(), metadata={KEPT_ENCODING_KEY: b"json"})
-    return pa.array(encoded, pa.string()), field
+    return kept_json(values), field
+
+
+def kept_json(values: list[Any]) -> pa.Array:
+    """Kept values as JSON text, for a field Arrow cannot type (decoded again on merge)."""
+    return pa.array([json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string())
 
 
 def build_table(
