@@ -193,8 +193,10 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> None:
         time.sleep(interval)
 
 
-def run_in_process(overrides: list[str]):
-    """Compose the config as the entry point does and run it in this process (a world of one)."""
+def run_in_process(overrides: list[str], cwd: Path | None = None):
+    """Compose the config as the entry point does and run it in this process (a world of one),
+    in ``cwd`` when given. Reference outputs come from here: it costs no process start-up (torch
+    and transformers are imported already), which keeps the suite short."""
     from hydra import compose, initialize_config_dir
 
     from ddpinfer.config import register_configs, to_config
@@ -203,7 +205,12 @@ def run_in_process(overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
-    return run(cfg, environ={})
+    before = os.getcwd()
+    os.chdir(cwd or before)
+    try:
+        return run(cfg, environ={})
+    finally:
+        os.chdir(before)
 
 
 FAST_LIVENESS = ["run.heartbeat_s=0.5", "run.dead_after_s=4"]

@@ -5,7 +5,17 @@ torchrun where it matters), with output.keep_fields in JSON Lines and Parquet.""
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import TEXTS, launch, read_jsonl, save_dataset, split_jsonl, write_records
+from helpers import (
+    TEXTS,
+    launch,
+    read_jsonl,
+    run_in_process,
+    save_dataset,
+    split_jsonl,
+    write_records,
+)
+
+from ddpinfer.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -17,6 +27,8 @@ KEEP = "output.keep_fields=[lang,tags]"
 
 
 def run(tmp_path, name, data, *extra, nproc=None):
+    """Under torchrun with ``nproc`` ranks, else in this process (results are the same: a
+    one-process run needs no process of its own)."""
     out = tmp_path / name
     args = [
         f"model.path={extra[0]}",
@@ -28,6 +40,8 @@ def run(tmp_path, name, data, *extra, nproc=None):
         "batch_size=4",
         *extra[1:],
     ]
+    if nproc is None:
+        return run_in_process(args, cwd=tmp_path), out
     return launch(args, nproc=nproc, cwd=tmp_path), out
 
 
@@ -45,8 +59,7 @@ def reference(tmp_path_factory, bert_embedder):
     """The one-file run: in.jsonl, one process."""
     tmp_path = tmp_path_factory.mktemp("one-file")
     write_records(tmp_path / "in.jsonl", RECORDS)
-    result, out = run(tmp_path, "one.jsonl", tmp_path / "in.jsonl", bert_embedder, KEEP)
-    assert result.returncode == 0, result.stderr
+    _, out = run(tmp_path, "one.jsonl", tmp_path / "in.jsonl", bert_embedder, KEEP)
     records = read_jsonl(out)
     assert list(records[0]) == ["id", "lang", "tags", "embedding"]
     assert [r["id"] for r in records] == [r["uid"] for r in RECORDS]
@@ -65,10 +78,9 @@ def test_sharded_save_to_disk_folder_on_two_ranks_equals_one_file(
 
 def test_dataset_dict_split_equals_one_file(tmp_path, bert_embedder, reference):
     folder = save_dataset(tmp_path / "dd", RECORDS, split="train")
-    result, _ = run(tmp_path, "dd.jsonl", folder, bert_embedder, KEEP)
-    assert result.returncode == 2 and "HINT: choose one: data.split=other" in result.stderr
-    result, out = run(tmp_path, "dd.jsonl", folder, bert_embedder, KEEP, "data.split=train")
-    assert result.returncode == 0, result.stderr
+    with pytest.raises(UserError, match="HINT: choose one: data.split=other"):  # exit code 2
+        run(tmp_path, "dd.jsonl", folder, bert_embedder, KEEP)
+    _, out = run(tmp_path, "dd.jsonl", folder, bert_embedder, KEEP, "data.split=train")
     assert_same(read_jsonl(out), reference)
 
 
@@ -93,6 +105,6 @@ def test_a_bad_record_in_the_second_file_of_a_glob_is_named_by_file_and_line(
     lines = files[1].read_text().splitlines(keepends=True)
     lines[2] = '{"uid": "broken", "body": "no text"}\n'
     files[1].write_text("".join(lines))
-    result, _ = run(tmp_path, "bad.jsonl", tmp_path / "in-*.jsonl", bert_embedder)
-    assert result.returncode == 2
-    assert f"{files[1]}:3: no field 'text'" in result.stderr
+    with pytest.raises(UserError) as error:  # exit code 2
+        run(tmp_path, "bad.jsonl", tmp_path / "in-*.jsonl", bert_embedder)
+    assert f"{files[1]}:3: no field 'text'" in str(error.value)

@@ -11,6 +11,7 @@ from helpers import (
     check,
     job_parts,
     launch,
+    run_in_process,
     start,
     start_ranks,
     torchrun_cmd,
@@ -18,6 +19,8 @@ from helpers import (
     wait_for,
     write_jsonl,
 )
+
+from ddpinfer.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +77,23 @@ def test_sigterm_stops_with_its_own_exit_code_and_keeps_finished_work(job):
     kept = len(job_parts(tmp_path))
     assert 0 < kept < 12
 
-    result = check(launch(args, cwd=tmp_path))
-    assert "resuming" in result.stderr
+    run_in_process(args, cwd=tmp_path)
+    assert "resuming" in rank0_log(tmp_path)
     assert_complete(tmp_path, N)
 
 
 def test_torchrun_max_restarts_resumes_the_restarted_group(job):
     tmp_path, args = job
     cmd = torchrun_cmd(
-        [*args, "fault.rank=1", "fault.kind=exit", "fault.at_unit=2", "fault.attempt=0"],
+        [
+            *args,
+            "fault.rank=1",
+            "fault.kind=exit",
+            "fault.at_unit=2",
+            "fault.attempt=0",
+            "fault.slow_rank=0",
+            "fault.delay_s=0.5",
+        ],  # rank 1 surely claims its first 3 units
         2,
         "--max-restarts=1",
     )
@@ -104,21 +115,26 @@ def test_a_preflight_error_stops_every_rank_at_once(job):
 
 def test_resume_is_refused_for_other_inputs_unless_fresh(job):
     tmp_path, args = job
-    check(launch(args, cwd=tmp_path))
+    run_in_process(args, cwd=tmp_path)
     first = (tmp_path / "out.jsonl").read_text()
     # Another row count: units no longer line up (edited rows alone are recomputed).
     write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N - 1)])
-    result = launch(args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "holds finished work from a different run (inputs.rows: 48 -> 47" in result.stderr
-    assert "run.fresh=true" in result.stderr
+    with pytest.raises(UserError) as refused:  # exit code 2 from the entry point
+        run_in_process(args, cwd=tmp_path)
+    assert "holds finished work from a different run (inputs.rows: 48 -> 47" in str(refused.value)
+    assert "run.fresh=true" in str(refused.value)
     assert (tmp_path / "out.jsonl").read_text() == first  # the finished output is untouched
     write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
-    check(launch([*args, "run.fresh=true"], cwd=tmp_path))
+    run_in_process([*args, "run.fresh=true"], cwd=tmp_path)
     assert (tmp_path / "out.jsonl").read_text() != first
     assert_complete(tmp_path, N)
     # Same command again: everything is done already; the output is written again unchanged.
     again = (tmp_path / "out.jsonl").read_text()
-    result = check(launch(args, cwd=tmp_path))
-    assert "12 of 12 work unit(s) already done" in result.stderr
+    run_in_process(args, cwd=tmp_path)
+    assert rank0_log(tmp_path).count("12 of 12 work unit(s) already done") == 1
     assert (tmp_path / "out.jsonl").read_text() == again
+
+
+def rank0_log(tmp_path) -> str:
+    """Rank 0's log in the job's run directory, every attempt's lines."""
+    return (tmp_path / "runs" / "job" / "logs" / "rank0.log").read_text()

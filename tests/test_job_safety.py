@@ -12,10 +12,10 @@ from helpers import (
     LAUNCHER,
     TEXTS,
     assert_complete,
-    check,
     free_port,
     job_parts,
     launch,
+    run_in_process,
     start,
     start_ranks,
     torchrun_cmd,
@@ -58,8 +58,9 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
         first.wait(timeout=30)
     finally:
         stop_all([first])
-    result = check(launch(args, cwd=tmp_path))
-    assert "took over" in result.stderr and "no longer runs" in result.stderr
+    run_in_process(args, cwd=tmp_path)
+    log = (tmp_path / "runs" / "job" / "logs" / "rank0.log").read_text()
+    assert "took over" in log and "no longer runs" in log
     assert_complete(tmp_path, N)
 
 
@@ -73,6 +74,9 @@ def test_fresh_applies_to_the_first_attempt_only(job):
             "fault.kind=exit",
             "fault.at_unit=2",
             "fault.attempt=0",
+            # rank 0 slow on this attempt, so rank 1 surely claims the units it fails before
+            "fault.slow_rank=0",
+            "fault.delay_s=0.5",
         ],
         2,
         "--max-restarts=1",

@@ -154,3 +154,19 @@ def test_a_requeued_job_is_not_a_first_attempt_under_any_launcher():
     assert not requeued.is_first_attempt and requeued.job_key == "9"
     assert not detect({**torchrun, "TORCHELASTIC_RESTART_COUNT": "1"}).is_first_attempt
     assert not detect({"SLURM_RESTART_COUNT": "2"}).is_first_attempt  # the batch script itself
+
+
+@pytest.mark.parametrize(
+    "environ, attempt",
+    [
+        ({}, 0),
+        ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "2"}, 2),
+        (  # torchrun in a requeued SLURM job: its restarts begin again at 0
+            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "SLURM_RESTART_COUNT": "1"},
+            1,
+        ),
+        ({**SRUN, "SLURM_RESTART_COUNT": "1"}, 1),  # srun: one count, not counted twice
+    ],
+)
+def test_the_attempt_counts_torchrun_restarts_and_slurm_requeues(environ, attempt):
+    assert detect(environ).attempt == attempt

@@ -9,6 +9,7 @@ from helpers import (
     free_port,
     launch,
     read_jsonl,
+    run_in_process,
     start,
     torchrun_cmd,
     two_node_rendezvous,
@@ -50,7 +51,7 @@ def assert_same_embeddings(ours: list[dict], reference: list[dict]) -> None:
 def test_two_nodes_without_a_shared_filesystem(tmp_path, base_args):
     common = [*base_args, "data.id_field=uid", "batch_size=4"]
     single = tmp_path / "single.jsonl"
-    check(launch([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path))
+    run_in_process([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path)
 
     codes, logs = launch_two_nodes(tmp_path, common, nproc=2, tag="run")
     assert codes == [0, 0], logs
@@ -86,7 +87,7 @@ def test_a_failed_attempt_keeps_the_remote_nodes_work(tmp_path, base_args):
     assert "finished unit(s) from an earlier attempt: sent at the end" in logs, logs
 
     single = tmp_path / "single.jsonl"
-    check(launch([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path))
+    run_in_process([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path)
     (output,) = tmp_path.glob("node*/out.jsonl")
     assert_same_embeddings(read_jsonl(output), read_jsonl(single))
 

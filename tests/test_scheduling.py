@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
+from helpers import TEXTS, check, launch, read_jsonl, run_in_process, write_jsonl
 
 from ddpinfer.batching import BatchLimits
 from ddpinfer.config import Config, EmbedTaskConfig, FaultConfig, ModelConfig
@@ -29,6 +29,8 @@ def embed(tmp_path, model, name, *extra, nproc=None):
     out = tmp_path / name
     args = [f"model.path={model}", "data.path=in.jsonl", "data.id_field=uid",
             f"output.path={out}", f"run.name={name}", *extra]  # fmt: skip
+    if nproc is None:  # a one-process reference, run in this process
+        return run_in_process(args, cwd=tmp_path), out
     return check(launch(args, nproc=nproc, cwd=tmp_path)), out
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, TEXTS, check, launch, read_jsonl, subprocess_env, write_jsonl
+from helpers import REPO, TEXTS, read_jsonl, run_in_process, subprocess_env, write_jsonl
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# One xdist worker runs them all, one job at a time: they share the two-node cluster.
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/ddpinfer-slurm"))
@@ -25,6 +26,13 @@ TWO_NODES = ["--nodes=2", "--gpus-per-node=2"]
 SCRIPTS = [
     ("infer.sbatch", ["--cpus-per-task=2"]),
     ("infer-srun.sbatch", ["--ntasks-per-node=2", "--cpus-per-task=1"]),
+]
+# One rank per node, for the failure and requeue tests: what they check happens between nodes,
+# and half the processes keep the suite short on a 2-core machine.
+ONE_PER_NODE = ["--nodes=2", "--gpus-per-node=1"]
+SCRIPTS_ONE_PER_NODE = [
+    ("infer.sbatch", ["--cpus-per-task=2"]),
+    ("infer-srun.sbatch", ["--ntasks-per-node=1", "--cpus-per-task=2"]),
 ]
 
 
@@ -117,7 +125,7 @@ def job_inputs(tmp_path_factory, bert_embedder):
         "batch_size=4",
     ]
     reference = root / "single.jsonl"
-    check(launch([*common, f"output.path={reference}", f"run.root={root}/runs"], cwd=root))
+    run_in_process([*common, f"output.path={reference}", f"run.root={root}/runs"])
     return root, common, read_jsonl(reference)
 
 
@@ -142,7 +150,7 @@ def test_two_nodes_two_ranks_each_equal_one_process(slurm_env, job_inputs, scrip
     ]
 
 
-@pytest.mark.parametrize("script, options", SCRIPTS)
+@pytest.mark.parametrize("script, options", SCRIPTS_ONE_PER_NODE)
 def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
     root, common, _ = job_inputs
     work = root / f"fail-{script}"
@@ -151,17 +159,17 @@ def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
         slurm_env,
         work,
         script,
-        [*TWO_NODES, *options],
-        [*common, "output.path=out.jsonl", "fault.rank=2"],
+        [*ONE_PER_NODE, *options],
+        [*common, "output.path=out.jsonl", "fault.rank=1"],
     )
     # the job's state and exit code are what `sbatch --wait` and job arrays see (--wait itself
     # polls at 2, 8 then 32 s, which would add half a minute here)
     assert state == "FAILED" and code != "0:0", log
-    assert "injected fault on rank 2" in log
+    assert "injected fault on rank 1" in log
     assert not (work / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize("script, options", SCRIPTS)
+@pytest.mark.parametrize("script, options", SCRIPTS_ONE_PER_NODE)
 def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, script, options):
     """SLURM's warning before the time limit (SIGUSR1 to the batch script, as
     `--signal=B:USR1@120` sends it) stops the ranks, keeps their work and requeues the job; the
@@ -174,7 +182,7 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
         "--parsable",
         f"--chdir={work}",
         f"--output={work}/slurm-%j.out",
-        *TWO_NODES,
+        *ONE_PER_NODE,
         *options,
         str(REPO / "slurm" / script),
         *common,
@@ -248,35 +256,12 @@ def submitit_sweep(work: Path, common: list[str], *extra: str) -> list[str]:
     ]
 
 
-def test_submitit_launcher_one_task_per_gpu(slurm_env, job_inputs):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    root, common, reference = job_inputs
-    work = root / "submitit"
-    work.mkdir()
-    result = subprocess.run(
-        submitit_sweep(work, common),
-        cwd=work,
-        env=slurm_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    ours = read_jsonl(work / "out.jsonl")
-    assert [r["id"] for r in ours] == [r["id"] for r in reference]
-    (run_dir,) = (work / "runs").iterdir()  # ddpinfer's run directory, not Hydra's sweep dir
-    entry = json.loads((run_dir / "manifest.json").read_text())["attempts"][-1]
-    assert entry["launcher"]["name"] == "slurm" and entry["launcher"]["job_id"]
-    assert entry["world_size"] == 4
-    assert [d["rank"] for d in entry["devices"]] == [0, 1, 2, 3]
-    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [
-        f"rank{r}.log" for r in range(4)
-    ]
-
-
-def test_submitit_requeues_on_its_time_limit_signal_and_resumes(slurm_env, job_inputs):
-    """submitit's own warning signal (USR2) makes it requeue the job; the requeued job (same
-    id, same ddpinfer run directory) resumes and the sweep ends with the whole output."""
+def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
+    slurm_env, job_inputs
+):
+    """One submitit task per (stand-in) GPU on two nodes. submitit's own warning signal (USR2)
+    makes it requeue the job; the requeued job (same id, same ddpinfer run directory, not
+    Hydra's sweep directory) resumes and the sweep ends with the whole output."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     root, common, reference = job_inputs
     work = root / "submitit-requeue"
@@ -313,4 +298,10 @@ def test_submitit_requeues_on_its_time_limit_signal_and_resumes(slurm_env, job_i
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
     assert re.search(rf"resuming: [1-9]\d* of {len(TEXTS)} work unit\(s\) already done", log)
     (entry,) = json.loads((run_dir / "manifest.json").read_text())["attempts"]
+    assert entry["launcher"]["name"] == "slurm"
     assert entry["launcher"]["restart_count"] == 1 and entry["launcher"]["job_id"] == job
+    assert entry["world_size"] == 4
+    assert [d["rank"] for d in entry["devices"]] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [
+        f"rank{r}.log" for r in range(4)
+    ]

@@ -192,15 +192,16 @@ class FaultConfig:
     at_finish: bool = False
     """Fail after the work of every rank is done, before the part transfer (not before a unit)."""
     attempt: int | None = 0
-    """Fail only on this attempt (torchrun's restart count; SLURM's requeue count). Unset: on
-    every attempt."""
+    """Fail (and sleep fault.delay_s) only on this attempt (torchrun's restart count; SLURM's
+    requeue count). Unset: on every attempt."""
     cuda_error_at_batch: int | None = None
     """On fault.rank (every rank when unset), the forward pass after this many batches raises a
     CUDA error: a transient failure, which fails its work unit, not its inputs."""
     oom_above: int | None = None
     """On every rank, a batch of more than this many inputs raises torch.OutOfMemoryError."""
     delay_s: float = 0.0
-    """Sleep this long before each batch (to make a run slow enough to stop, or one rank slow)."""
+    """Sleep this long before each batch (to make a run slow enough to stop, or one rank slow),
+    on fault.attempt's attempt."""
     slow_rank: int | None = None
     """Only this rank sleeps fault.delay_s. Unset: every rank does."""
 

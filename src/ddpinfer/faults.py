@@ -3,6 +3,7 @@ or make batches run out of memory, through the real entry point and real process
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -29,6 +30,14 @@ def at_finish(fault: FaultConfig, rank: int, attempt: int) -> None:
     """After every rank's work is done, before the part transfer and the merge."""
     if fault.at_finish and _chosen(fault, rank, attempt):
         _fail(fault.kind, rank, "after its work, before the part transfer")
+
+
+def for_attempt(fault: FaultConfig, attempt: int) -> FaultConfig:
+    """This attempt's faults: ``fault.delay_s`` slows fault.attempt's attempt only (every attempt
+    when unset), so the resumed run of a test that was slowed down to be stopped runs at speed."""
+    if fault.attempt is None or fault.attempt == attempt:
+        return fault
+    return dataclasses.replace(fault, delay_s=0.0)
 
 
 def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:

@@ -63,6 +63,12 @@ class LaunchEnv:
         return self.restart_count == 0 and self.requeue_count == 0
 
     @property
+    def attempt(self) -> int:
+        """Which try of the job this is (0: the first): torchrun restarts plus SLURM requeues."""
+        torchrun_restarts = 0 if self.launcher == "slurm" else self.restart_count
+        return torchrun_restarts + self.requeue_count
+
+    @property
     def job_key(self) -> str | None:
         """What every attempt of one job shares: the SLURM job id, else torchrun's run id."""
         return self.job_id or self.run_id

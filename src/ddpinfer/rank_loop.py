@@ -55,7 +55,8 @@ def run_units(
     claims = work_units.UnitClaims(
         plan.pending, plan.unit_size, env.world_size, window_rows, _unit_counter(env)
     )
-    runner = WindowRunner(task, limits, before_batch, cfg.fault, env.rank)
+    fault = faults.for_attempt(cfg.fault, env.attempt)
+    runner = WindowRunner(task, limits, before_batch, fault, env.rank)
     pin = task.device.type == "cuda"
     inputs = RowStream(plan.spec)
 
@@ -79,9 +80,7 @@ def run_units(
             reporter.unit_done(len(result.rows), len(result.errors), runner.stats.real_tokens)
 
         for window in feed:
-            faults.before_units(
-                cfg.fault, env.rank, env.restart_count, started_units, len(window.units)
-            )
+            faults.before_units(cfg.fault, env.rank, env.attempt, started_units, len(window.units))
             started_units += len(window.units)
             runner.run(window, unit_done, feed.request_next, feed.lead_s)
             writer.check()

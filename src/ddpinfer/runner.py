@@ -175,7 +175,7 @@ def _run(
         raise
     progress.stop()
     clock.lap("inference")
-    faults.at_finish(cfg.fault, env.rank, env.restart_count)
+    faults.at_finish(cfg.fault, env.rank, env.attempt)
     ranks = group.all_gather_object(record, finishing=True)
     # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     collect_parts(group, run_dir, [*plan.send_later, *done], plan.shares)
