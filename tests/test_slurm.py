@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from helpers import REPO, TEXTS, read_jsonl, run_in_process, subprocess_env, write_jsonl
 
-# One xdist worker runs them all, one job at a time: they share the two-node cluster.
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/ddpinfer-slurm"))
