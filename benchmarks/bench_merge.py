@@ -1,7 +1,7 @@
 """Rank 0's merge at scale: memory and records/s for 10k vs 1M records, and output sizes.
 
 Writes part files as ddpinfer's ranks do (Arrow IPC, units of 4096 rows), then merges them in a
-fresh process per case, so each case's peak memory (ru_maxrss) is its own:
+fresh process per case, so each case's peak memory (``memory_use.peak_rss_mb``) is its own:
 - classification records (label, score) to JSON Lines: 10k and 1M records; peak memory of the 1M
   merge against the 10k one, and records/s;
 - 384-dim embeddings to Parquet: file size against the raw float32 bytes.
@@ -27,8 +27,9 @@ UNIT = 4096
 LABELS = ["negative", "neutral", "positive"]
 
 MERGE_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
+from ddpinfer.memory_use import peak_rss_mb
 from ddpinfer.merge import merge_parts
 from ddpinfer.work_units import plan_units
 run_dir, out, fmt = Path(sys.argv[1]), Path(sys.argv[4]), sys.argv[5]
@@ -37,7 +38,7 @@ began = time.perf_counter()
 summary = merge_parts(run_dir, plan_units(rows, unit), out, fmt)
 seconds = time.perf_counter() - began
 print(json.dumps({"seconds": seconds, "written": summary.written,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak_rss_mb()}))
 """
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import socket
 import sys
 import time
@@ -27,6 +26,7 @@ from ddpinfer.errors import UserError
 from ddpinfer.inference import Throughput
 from ddpinfer.liveness import Liveness
 from ddpinfer.logs import setup_logging
+from ddpinfer.memory_use import peak_rss_mb
 from ddpinfer.merge import MergeSummary, merge_parts, output_format
 from ddpinfer.part_transfer import collect_parts
 from ddpinfer.preflight import Plan, agreed, preflight
@@ -232,21 +232,17 @@ def _save_stats(
         "seconds": seconds,
         "started_at": time.time() - seconds,
         "finished_at": time.time(),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     with atomic_text(run_dir / "stats" / f"rank{rank}.json") as f:
         json.dump(record, f)
     return record
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _merge(run_dir: Path, plan: Plan, started: float) -> MergeSummary:
     merge_began = time.perf_counter()
     summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
-    record = {"seconds": time.perf_counter() - merge_began, "peak_rss_mb": _peak_rss_mb()}
+    record = {"seconds": time.perf_counter() - merge_began, "peak_rss_mb": peak_rss_mb()}
     with atomic_text(run_dir / "stats" / "merge.json") as f:
         json.dump(record, f)
     log.info(
