@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import save_dataset, write_records
 
-from ddpinfer.inputs import InputError, open_spec, read_rows, scan
+from ddpinfer.input_scan import scan
+from ddpinfer.inputs import InputError, open_spec, read_rows
 
 
 def rows(spec, r=None):

@@ -13,7 +13,8 @@ from ddpinfer import fingerprint
 from ddpinfer.bad_inputs import TooManyBadInputs, max_bad_rows
 from ddpinfer.errors import UserError
 from ddpinfer.fingerprint import FingerprintMismatch
-from ddpinfer.inputs import InputScan, InputSpec, scan
+from ddpinfer.input_scan import InputScan, scan
+from ddpinfer.inputs import InputSpec
 
 N = 12
 
@@ -134,6 +135,17 @@ def test_parts_without_a_fingerprint_are_refused(tmp_path, bert_embedder):
     run_in_process(args(tmp_path, bert_embedder))
     (tmp_path / "run" / "fingerprint.json").unlink()
     with pytest.raises(FingerprintMismatch, match=r"3 part file\(s\)\) but no fingerprint.json"):
+        run_in_process(args(tmp_path, bert_embedder))
+
+
+def test_digests_of_an_earlier_scheme_are_refused(tmp_path, bert_embedder):
+    write_jsonl(tmp_path / "in.jsonl", texts())
+    run_in_process(args(tmp_path, bert_embedder))
+    stored = tmp_path / "run" / "fingerprint.json"
+    old = json.loads(stored.read_text())
+    del old["inputs"]["digest_scheme"]  # as ddpinfer wrote it before the scheme changed
+    stored.write_text(json.dumps(old))
+    with pytest.raises(FingerprintMismatch, match="made by an earlier version of ddpinfer"):
         run_in_process(args(tmp_path, bert_embedder))
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from ddpinfer.inputs import InputError, InputScan
+from ddpinfer.input_scan import InputScan
+from ddpinfer.inputs import InputError
 
 DEFAULT_MAX_BAD = 0.10
 

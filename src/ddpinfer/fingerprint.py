@@ -21,10 +21,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ddpinfer import content_digest
 from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import InputScan, InputSpec
+from ddpinfer.input_scan import InputScan
+from ddpinfer.inputs import InputSpec
 
 FINGERPRINT = "fingerprint.json"
 WHOLE_FILE_BYTES = 1 << 20
@@ -112,6 +114,7 @@ def compute(
             # only when a task reads extra fields, so older run directories still match
             **({"fields": [name for name, _ in spec.fields]} if spec.fields else {}),
             "digest": scan.digest,
+            "digest_scheme": content_digest.SCHEME,
         },
         "model": {
             "path": model_path,
@@ -165,6 +168,13 @@ def load(run_dir: Path) -> dict[str, Any] | None:
 def changed_units(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) -> list[int]:
     """The units whose rows changed since ``stored`` was made; raise if anything else did
     (another model, task, row count: nothing finished can be reused)."""
+    scheme = new["inputs"]["digest_scheme"]
+    if stored.get("inputs", {}).get("digest_scheme") != scheme:
+        raise _refuse(
+            run_dir,
+            "whose input digests were made by an earlier version of ddpinfer, so which rows "
+            "changed since cannot be told",
+        )
     ignore = {"inputs": {"digest"}, UNIT_KEY: None}
     changed = _differences(_without(stored, ignore), _without(new, ignore))
     if changed:

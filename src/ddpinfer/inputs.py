@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.content_digest import RowDigests
 from ddpinfer.errors import InputError
 from ddpinfer.input_files import find_input_files
 
@@ -163,9 +160,10 @@ def _arrow_stream(path: Path) -> Iterator[Any]:
         yield from pa.ipc.open_stream(source)
 
 
-def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, dict]]:
-    """The records of a Parquet or Arrow file from its ``skip``-th row on, as (row in the
-    file, record), decoding only the needed columns of the batches that hold them."""
+def column_batches(spec: InputSpec, path: Path, skip: int = 0) -> Iterator[tuple[int, Any]]:
+    """The record batches of a Parquet or Arrow file that hold its rows from ``skip`` on, as
+    (row in the file of the batch's first row, batch of only the needed columns); batches
+    before them are skipped by their row counts, without decoding."""
     columns = list(dict.fromkeys(c for c in (spec.text_field, spec.id_field) if c))
     columns += [c for c in spec.read_fields() if c not in columns]
     if spec.format == "parquet":
@@ -174,19 +172,18 @@ def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[
         pf = pq.ParquetFile(path)
         groups, first = _row_groups_from(pf.metadata, skip)
         batches = pf.iter_batches(batch_size=4096, row_groups=groups, columns=columns)
-        yield from _batch_records(path, pf.schema_arrow.names, columns, batches, first, skip)
+        yield from _selected(path, pf.schema_arrow.names, columns, batches, first, skip)
         return
     import pyarrow as pa
 
     with pa.memory_map(str(path)) as source:
         reader = pa.ipc.open_stream(source)
-        yield from _batch_records(path, reader.schema.names, columns, reader, 0, skip)
+        yield from _selected(path, reader.schema.names, columns, reader, 0, skip)
 
 
-def _batch_records(
+def _selected(
     path: Path, names: list[str], columns: list[str], batches: Any, first: int, skip: int
-) -> Iterator[tuple[int, dict]]:
-    """Records of ``batches`` (whose first row is ``first``) from row ``skip`` on."""
+) -> Iterator[tuple[int, Any]]:
     missing = [c for c in columns if c not in names]
     if missing:
         raise InputError(
@@ -195,13 +192,18 @@ def _batch_records(
         )
     index = first
     for batch in batches:
-        if index + batch.num_rows <= skip:  # before the range: not decoded
-            index += batch.num_rows
-            continue
-        for offset, record in enumerate(batch.select(columns).to_pylist()):
-            if index + offset >= skip:
-                yield index + offset, record
+        if index + batch.num_rows > skip:  # batches before the range are not decoded
+            yield index, batch.select(columns)
         index += batch.num_rows
+
+
+def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, dict]]:
+    """The records of a Parquet or Arrow file from its ``skip``-th row on, as (row in the
+    file, record)."""
+    for start, batch in column_batches(spec, path, skip):
+        for offset, record in enumerate(batch.to_pylist()):
+            if start + offset >= skip:
+                yield start + offset, record
 
 
 def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
@@ -304,73 +306,6 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise InputError(f"{at}: id field {spec.id_field!r} is {value!r}; ids must be str or int.")
     return value
-
-
-BLOCK_ROWS = 64
-"""Rows per content-hash block when data.unit_size is unset: automatic unit sizes are multiples
-of it, so a unit's digest is made of whole blocks."""
-
-
-@dataclass
-class InputScan:
-    """What reading every record once found: the row count, the rows not to run and why, and
-    content hashes (of the whole file and of each block of rows)."""
-
-    num_rows: int
-    bad_rows: int
-    duplicates: dict[int, str]
-    """Row -> reason, for each repeat of an id seen earlier (only when skipping bad records)."""
-    digest: str = ""
-    """sha256 of every input's id and text, in order: what the results are computed from."""
-    block_rows: int = BLOCK_ROWS
-    block_digests: list[str] = field(default_factory=list)
-    """One digest per ``block_rows`` consecutive rows (the last block may be shorter)."""
-    reasons: Counter[str] = field(default_factory=Counter)
-    """How many bad records there are of each kind (``bad_reason``)."""
-    examples: dict[str, str] = field(default_factory=dict)
-    """The first full message of each kind of bad record."""
-
-
-def bad_reason(message: str) -> str:
-    """The kind of problem, without where it was seen: ``in.jsonl:7: no field 'text'; fields
-    present: a, b`` -> ``no field 'text'``, so that many bad records can be counted by kind."""
-    message = re.sub(r"^.*?(:\d+| \(row \d+\)): ", "", message, count=1)
-    return re.split(r"[;,(]| HINT:|\.$|\. ", message, maxsplit=1)[0].strip()
-
-
-def scan(spec: InputSpec, block_rows: int = BLOCK_ROWS) -> InputScan:
-    """Read every record before any model work: under ``on_error=fail`` the first bad record
-    stops the run here, before compute is spent; under ``skip`` bad records are counted by kind.
-    The content is hashed on the way, per ``block_rows`` rows, for the run's fingerprint."""
-    num_rows = 0
-    first_seen: dict[Id, int] = {}
-    duplicates: dict[int, str] = {}
-    reasons: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    hasher = RowDigests([str(f) for f in spec.files], block_rows, spec.keep)
-    for row in read_rows(spec):
-        num_rows += 1
-        hasher.add(row)
-        error = row.error
-        if error is None and spec.id_field is not None:
-            first = first_seen.setdefault(row.id, row.index)  # type: ignore[arg-type]
-            if first != row.index:
-                error = (
-                    f"{row.at}: duplicate id {row.id!r} (row {row.index}), first at row {first}."
-                )
-                if not spec.skip_bad:
-                    raise InputError(f"{error} Ids must be unique. {SKIP_HINT}")
-                duplicates[row.index] = error
-        if error is not None:
-            kind = "duplicate id" if row.index in duplicates else bad_reason(error)
-            reasons[kind] += 1
-            examples.setdefault(kind, error)
-    if num_rows == 0:
-        what = "the file holds" if len(spec.files) == 1 else f"its {len(spec.files)} files hold"
-        raise InputError(f"{spec.source}: {what} no inputs. HINT: check data.path.")
-    digest, blocks = hasher.finish(num_rows)
-    bad = sum(reasons.values())
-    return InputScan(num_rows, bad, duplicates, digest, block_rows, blocks, reasons, examples)
 
 
 class RowStream:

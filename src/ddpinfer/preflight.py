@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from omegaconf import OmegaConf
 
-from ddpinfer import fingerprint, inputs, work_units
+from ddpinfer import fingerprint, input_scan, inputs, work_units
 from ddpinfer.atomic import atomic_text
 from ddpinfer.bad_inputs import check_bad_share
 from ddpinfer.config import Config
@@ -189,7 +189,7 @@ def _plan_on_main(
     started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
-    scan = inputs.scan(spec, cfg.data.unit_size or inputs.BLOCK_ROWS)
+    scan = input_scan.scan(spec, cfg.data.unit_size or input_scan.BLOCK_ROWS)
     if spec.skip_bad:
         check_bad_share(scan, cfg.data.max_bad, spec.source)
     unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
@@ -255,7 +255,7 @@ def preflight(
     def plan_or_digest() -> dict | str | None:
         if env.is_main:
             return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
-        return inputs.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
+        return input_scan.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
 
     mine = agreed(group, plan_or_digest)
     plan = group.broadcast_object(mine if env.is_main else None)
