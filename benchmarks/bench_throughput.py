@@ -149,11 +149,8 @@ def main() -> None:
         if not args.no_st:  # what a target of 1.3x SentenceTransformer.encode asks for
             print(
                 f"1.3x SentenceTransformer.encode is {1.3 * med['limit'] / med['st']:.2f}x the "
-                f"zero-padding forward limit, {1.3 * statistics.median(st_rates):,.0f} tokens/s; "
-                "against the ceiling of this machine:"
+                f"zero-padding forward limit ({1.3 * statistics.median(st_rates):,.0f} tokens/s)"
             )
-            ceiling = [sys.executable, str(HERE / "bench_ceiling.py"), f"--processes={args.nproc}"]
-            print(subprocess.run(ceiling, env=env(), capture_output=True, text=True).stdout)
         if args.slow_rank and last is not None:
             slow_rank(tmp, corpus, args.nproc, last)
 
