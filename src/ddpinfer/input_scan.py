@@ -33,9 +33,9 @@ from ddpinfer.inputs import (
     Id,
     InputSpec,
     Row,
-    _lines,
-    _make_row,
     column_batches,
+    make_row,
+    nonblank_lines,
     read_rows,
 )
 
@@ -202,7 +202,7 @@ def _jsonl_batches(spec: InputSpec, file: Path, first: int) -> Iterator[_Batch]:
     lines: list[int] = []
     errors: dict[int, str] = {}  # position in the batch -> why (records inputs' reader took)
     index = first
-    for line_no, raw in _lines(file):
+    for line_no, raw in nonblank_lines(file):
         try:
             record = loads(raw)
         except orjson.JSONDecodeError:
@@ -217,7 +217,7 @@ def _jsonl_batches(spec: InputSpec, file: Path, first: int) -> Iterator[_Batch]:
             and (type(row_id) is int or (type(row_id) is str and row_id))
         ):
             try:
-                row = _make_row(spec, file, index, line_no, raw)
+                row = make_row(spec, file, index, line_no, raw)
             except InputError:
                 if ids:
                     yield _jsonl_batch(file, index - len(ids), ids, texts, lines, errors)
@@ -248,7 +248,7 @@ def _columnar_batches(spec: InputSpec, file: Path, first: int) -> Iterator[_Batc
         at = first + start
         if not _clean(columns, spec):  # record by record, as the ranks read it
             records = enumerate(columns.to_pylist(), start)
-            rows = (_make_row(spec, file, first + k, f"row {k}", rec) for k, rec in records)
+            rows = (make_row(spec, file, first + k, f"row {k}", rec) for k, rec in records)
             yield from _row_batches(rows)
             continue
         texts = columns.column(spec.text_field).to_pylist()

@@ -105,20 +105,20 @@ def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
                 for offset, record in _columnar_records(spec, file, skip):
                     if first + offset >= rows.stop:
                         return
-                    yield _make_row(spec, file, first + offset, f"row {offset}", record)
+                    yield make_row(spec, file, first + offset, f"row {offset}", record)
             first += size
             continue
         index = first
-        for line, raw in _csv_records(file) if spec.format == "csv" else _lines(file):
+        for line, raw in _csv_records(file) if spec.format == "csv" else nonblank_lines(file):
             if index >= rows.stop:
                 return
             if index >= rows.start:
-                yield _make_row(spec, file, index, line, raw)
+                yield make_row(spec, file, index, line, raw)
             index += 1
         first = index
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines as bytes, with 1-based line numbers; decoded per line so that one
     undecodable line is one bad record, not an unreadable file."""
     with open(path, "rb") as f:
@@ -217,7 +217,7 @@ def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
     return [], first
 
 
-def _make_row(spec: InputSpec, file: Path, index: int, where: int | str, raw: bytes | dict) -> Row:
+def make_row(spec: InputSpec, file: Path, index: int, where: int | str, raw: bytes | dict) -> Row:
     at = f"{file}:{where}" if isinstance(where, int) else f"{file} ({where})"
     record_id: Id | None = index if spec.id_field is None else None
     try:
