@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 SCHEME = 2
-"""Recorded in the fingerprint: digests of another scheme (ddpinfer before 0.2 hashed each row's
-``repr``) cannot be compared with these."""
+"""Recorded in the fingerprint: digests of another scheme (earlier ddpinfer hashed each row's
+``repr``, with no scheme recorded) cannot be compared with these."""
 
 _DUMPS = orjson.dumps
 

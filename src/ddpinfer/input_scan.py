@@ -16,6 +16,7 @@ measures both paths side by side; tests check they agree on every kind of record
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -95,8 +96,7 @@ def scan(
     digests = RowDigests([str(f) for f in spec.files], block_rows)
     tally = _Tally(spec)
     num_rows = 0
-    batches = _row_batches(read_rows(spec), spec.keep) if record_by_record else _batches(spec)
-    for batch in batches:
+    for batch in _batches(spec, fast=not record_by_record):
         digests.add(batch.ids, batch.texts, batch.errors, batch.kept)
         tally.add(batch)
         num_rows += len(batch.ids)
@@ -121,22 +121,16 @@ class _Tally:
         self.examples: dict[str, str] = {}
 
     def add(self, batch: _Batch) -> None:
-        if batch.errors is None:
-            if self.seen is not None:
-                setdefault = self.seen.setdefault
-                for index, row_id in enumerate(batch.ids, batch.first):
-                    first = setdefault(row_id, index)
-                    if first != index:
-                        self._repeat(batch, index, row_id, first)
+        if self.seen is None and batch.errors is None:
             return
-        for k, (row_id, error) in enumerate(zip(batch.ids, batch.errors)):
-            index = batch.first + k
-            if error is None and self.seen is not None:
+        errors = batch.errors or itertools.repeat(None)
+        for index, row_id, error in zip(itertools.count(batch.first), batch.ids, errors):
+            if error is not None:
+                self._count(bad_reason(error), error)
+            elif self.seen is not None:
                 first = self.seen.setdefault(row_id, index)
                 if first != index:
                     self._repeat(batch, index, row_id, first)
-            elif error is not None:
-                self._count(bad_reason(error), error)
 
     def _repeat(self, batch: _Batch, index: int, row_id: Id, first: int) -> None:
         at = batch.where(index - batch.first)
@@ -151,14 +145,14 @@ class _Tally:
         self.examples.setdefault(kind, error)
 
 
-def _batches(spec: InputSpec) -> Iterator[_Batch]:
-    fast = not spec.read_fields() and spec.format in ("jsonl", *COLUMNAR)
-    if not fast:
+def _batches(spec: InputSpec, fast: bool) -> Iterator[_Batch]:
+    """Every row in batches: by the fast path where it covers the format and settings."""
+    if not fast or spec.read_fields() or spec.format not in ("jsonl", *COLUMNAR):
         yield from _row_batches(read_rows(spec), spec.keep)
         return
+    make = _jsonl_batches if spec.format == "jsonl" else _columnar_batches
     first = 0
     for file in spec.files:
-        make = _jsonl_batches if spec.format == "jsonl" else _columnar_batches
         for batch in make(spec, file, first):
             yield batch
             first = batch.first + len(batch.ids)
