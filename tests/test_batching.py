@@ -11,6 +11,8 @@ from ddpinfer.batching import (
     TokenBudget,
     longest_first,
     plan_batches,
+    plan_packed,
+    split_to_fit,
 )
 
 
@@ -86,7 +88,8 @@ def test_out_of_memory_shrinks_only_that_width_and_wider_then_grows_back(caplog)
     assert budget.max_rows(64) == 64 and budget.max_rows(16) == 256
     with caplog.at_level(logging.WARNING):
         assert budget.out_of_memory(64, 64) == 32
-    assert "out of memory at 64 inputs × 64 tokens" in caplog.text
+    assert "out of memory at 64 inputs up to 64 tokens wide (4096 tokens)" in caplog.text
+    assert "now hold at most 2048 tokens" in caplog.text
     assert budget.max_rows(64) == 32 and budget.max_rows(200) == 10  # wider: shrunk too
     assert budget.max_rows(16) == 256  # narrower inputs keep their budget
     for _ in range(TokenBudget.GROW_AFTER):
@@ -95,3 +98,46 @@ def test_out_of_memory_shrinks_only_that_width_and_wider_then_grows_back(caplog)
     for _ in range(TokenBudget.GROW_AFTER * 4):
         budget.fitted(64)
     assert budget.max_rows(64) == 64  # and back to the full budget
+
+
+def test_a_packed_batch_that_ran_out_of_memory_halves_its_token_sum():
+    budget = TokenBudget(BatchLimits(max_rows=512, max_tokens=4096))
+    budget.out_of_memory(64, 100, tokens=3000)  # 100 inputs up to 64 wide: 3000 real tokens
+    assert budget.max_tokens(64) == 1500 and budget.max_tokens(16) == 4096
+
+
+@given(
+    costs=st.lists(st.integers(1, 300), max_size=300),
+    max_rows=st.integers(1, 64),
+    max_tokens=st.integers(1, 4096),
+)
+def test_packed_batches_cover_every_input_once_full_up_to_the_budget(costs, max_rows, max_tokens):
+    batches = plan_packed(costs, BatchLimits(max_rows, max_tokens))
+    assert [i for b in batches for i in b] == longest_first(costs)  # sorted, each input once
+    for b, after in zip(batches, [*batches[1:], None]):
+        tokens = sum(costs[i] for i in b)
+        assert len(b) <= max_rows
+        assert len(b) == 1 or tokens <= max_tokens  # an input over the budget goes alone
+        if after:  # full: the next input did not fit
+            assert len(b) == max_rows or tokens + costs[after[0]] > max_tokens
+
+
+@given(
+    costs=st.lists(st.integers(1, 100), min_size=1, max_size=60).map(
+        lambda c: sorted(c, reverse=True)
+    ),
+    max_rows=st.integers(1, 20),
+    max_tokens=st.integers(1, 800),
+    packed=st.booleans(),
+)
+def test_a_batch_split_to_fit_has_pieces_within_the_budget(costs, max_rows, max_tokens, packed):
+    starts = split_to_fit(costs, max_rows, max_tokens, packed)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    for a, z in zip(starts, [*starts[1:], len(costs)]):
+        piece = costs[a:z]
+        tokens = sum(piece) if packed else len(piece) * piece[0]
+        assert len(piece) == 1 or (len(piece) <= max_rows and tokens <= max_tokens)
+        if z < len(costs):  # no piece is cut shorter than it had to be
+            longer = costs[a : z + 1]
+            grown = sum(longer) if packed else len(longer) * longer[0]
+            assert len(longer) > max_rows or grown > max_tokens

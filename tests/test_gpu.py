@@ -72,6 +72,7 @@ def test_real_cuda_oom_splits_batches_and_matches_cpu(tmp_path, bert_embedder):
         f"data.path={tmp_path / 'in.jsonl'}",
         "model.max_length=128",
         "batch_size=4096",
+        "batch.max_tokens=524288",  # all 4096 inputs × 128 tokens in one planned batch
         "data.unit_size=4096",
         f"run.root={tmp_path / 'runs'}",
         "model.dtype=float32",
@@ -84,7 +85,7 @@ def test_real_cuda_oom_splits_batches_and_matches_cpu(tmp_path, bert_embedder):
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     log = next((tmp_path / "runs").glob("gpu-*/logs/rank0.log")).read_text()
-    assert "out of memory at batch size 4096" in log
+    assert "out of memory at 4096 inputs" in log
     a, b = read_jsonl(tmp_path / "cpu.jsonl"), read_jsonl(tmp_path / "gpu.jsonl")
     assert len(b) == 4096
     np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-4)

@@ -62,6 +62,38 @@ def plan_batches(costs: Sequence[int], limits: BatchLimits) -> list[list[int]]:
     return batches
 
 
+def plan_packed(costs: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Positions into ``costs``, longest first, cut into packed batches: at most ``max_rows``
+    inputs whose costs sum to at most ``max_tokens`` (an input over the budget goes alone).
+    Packed batches have no padding, so filling each one up is the cheapest cut."""
+    batches: list[list[int]] = []
+    tokens = 0
+    for i in longest_first(costs):
+        fits = tokens + costs[i] <= limits.max_tokens
+        if batches and len(batches[-1]) < limits.max_rows and fits:
+            batches[-1].append(i)
+            tokens += costs[i]
+        else:
+            batches.append([i])
+            tokens = costs[i]
+    return batches
+
+
+def split_to_fit(costs: Sequence[int], max_rows: int, max_tokens: int, packed: bool) -> list[int]:
+    """Where to cut a longest-first batch so that each piece fits: the start of each piece."""
+    starts, tokens, width = [], 0, 0
+    for i, cost in enumerate(costs):
+        rows = i - starts[-1] + 1 if starts else 1
+        if starts:
+            grown = tokens + cost if packed else rows * width
+            if rows <= max_rows and grown <= max_tokens:
+                tokens = grown
+                continue
+        starts.append(i)
+        tokens = width = cost
+    return starts
+
+
 class TokenBudget:
     """The padded-token budget per forward pass, by width class (powers of two).
 
@@ -81,25 +113,31 @@ class TokenBudget:
     def _width_class(width: int) -> int:
         return max(1, width).bit_length()
 
-    def max_rows(self, width: int) -> int:
-        """How many inputs of this width one batch may hold now."""
-        cap = self._caps.get(self._width_class(width), self.limits.max_tokens)
-        return max(1, min(self.limits.max_rows, cap // max(1, width)))
+    def max_tokens(self, width: int) -> int:
+        """The token budget now of a batch whose widest input is ``width`` wide."""
+        return self._caps.get(self._width_class(width), self.limits.max_tokens)
 
-    def out_of_memory(self, width: int, rows: int) -> int:
-        """Lower the budget after a batch of ``rows`` × ``width`` ran out of memory; returns
-        the rows a batch of this width may hold from now on."""
-        cap = max(width, rows * width // 2)
+    def max_rows(self, width: int) -> int:
+        """How many inputs of this width one padded batch may hold now."""
+        return max(1, min(self.limits.max_rows, self.max_tokens(width) // max(1, width)))
+
+    def out_of_memory(self, width: int, rows: int, tokens: int | None = None) -> int:
+        """Lower the budget after a batch of ``rows`` inputs at most ``width`` wide ran out of
+        memory (``tokens``: what it computed, if not ``rows × width``: a packed batch's sum);
+        returns the rows a padded batch of this width may hold from now on."""
+        cap = max(width, (rows * width if tokens is None else tokens) // 2)
         for klass in range(self._width_class(width), 64):
             if self._caps.get(klass, self.limits.max_tokens) > cap:
                 self._caps[klass] = cap
                 self._fitted[klass] = 0
         allowed = self.max_rows(width)
         log.warning(
-            "out of memory at %d inputs × %d tokens; inputs of this width or wider now go at "
-            "most %d per batch",
+            "out of memory at %d inputs up to %d tokens wide (%d tokens); batches of inputs this "
+            "wide or wider now hold at most %d tokens (%d inputs padded)",
             rows,
             width,
+            rows * width if tokens is None else tokens,
+            self.max_tokens(width),
             allowed,
         )
         return allowed

@@ -27,6 +27,7 @@ INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset")
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+PACKING = ("auto", "true", "false")
 SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
@@ -221,8 +222,14 @@ class BatchConfig:
     sort_rows: int = 16384
     """Inputs sorted by length together before they are cut into batches. Larger packs batches
     more tightly; a stop signal loses at most this many unfinished inputs' work."""
+    packing: str = "auto"
+    """task=embed: true (a batch's inputs run concatenated, without padding: BERT and RoBERTa
+    families) | false (padded batches) | auto (packed where that is faster: on CPU, for those
+    models with sdpa attention; padded on CUDA). Packed, batch.max_tokens counts real tokens."""
 
     def __post_init__(self) -> None:
+        self.packing = str(self.packing).lower()  # `batch.packing=true` arrives as a bool
+        _check_choice("batch.packing", self.packing, PACKING)
         _check_positive("batch.max_tokens", self.max_tokens)
         _check_positive("batch.sort_rows", self.sort_rows)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ddpinfer import device_mix, faults
-from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches
+from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches, plan_packed, split_to_fit
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
 from ddpinfer.stopping import PeerFailed, Preempted
@@ -84,7 +84,8 @@ def prepare_window(
             items[pos] = item
     window.items = items
     todo = [p for p in runnable if p not in window.errors]
-    planned = plan_batches([task.cost(items[p]) for p in todo], limits)
+    plan = plan_packed if task.packed else plan_batches
+    planned = plan([task.cost(items[p]) for p in todo], limits)
     window.batches = [[todo[j] for j in batch] for batch in planned]
     window.collated = [_collate(task, [items[p] for p in b], pin) for b in window.batches]
     return window
@@ -113,7 +114,11 @@ class Throughput:
         mask = batch.get("attention_mask")
         self.batches += 1
         self.inputs += rows
-        if mask is not None:
+        if "lengths" in batch:  # packed: every computed token is real
+            tokens = int(batch["lengths"].sum())
+            self.real_tokens += tokens
+            self.padded_tokens += tokens
+        elif mask is not None:
             self.real_tokens += int(mask.sum())
             self.padded_tokens += mask.numel()
 
@@ -211,13 +216,14 @@ class WindowRunner:
 
     def _run_fitting(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
         """Run a planned batch, in pieces if the budget shrank since it was planned."""
-        width = collated["input_ids"].shape[1] if "input_ids" in collated else 1
-        allowed = self.budget.max_rows(width)
-        if len(batch) <= allowed:
+        costs = [self.task.cost(window.items[p]) for p in batch]
+        cap = self.budget.max_tokens(max(costs))
+        starts = split_to_fit(costs, self.budget.limits.max_rows, cap, self.task.packed)
+        if len(starts) == 1:
             self._run_batch(window, batch, collated, outputs, errors)
             return
-        for start in range(0, len(batch), allowed):
-            self._run_batch(window, batch[start : start + allowed], None, outputs, errors)
+        for start, end in zip(starts, [*starts[1:], len(batch)]):
+            self._run_batch(window, batch[start:end], None, outputs, errors)
 
     def _run_batch(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
         # Retries happen after the except blocks, never inside them: a live exception keeps the
@@ -235,7 +241,8 @@ class WindowRunner:
             raise
         except Exception as e:
             failure = e
-        width = collated["input_ids"].shape[1] if "input_ids" in collated else 1
+        costs = [self.task.cost(window.items[p]) for p in batch]
+        width = max(costs)
         if failure is None:
             self.stats.add(collated, len(batch))
             self.budget.fitted(width)
@@ -262,7 +269,7 @@ class WindowRunner:
             log.warning("row %d failed: %s", row.index, reason)
             return
         if out_of_memory:
-            self.budget.out_of_memory(width, len(batch))
+            self.budget.out_of_memory(width, len(batch), sum(costs) if self.task.packed else None)
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
             self._run_batch(window, part, None, outputs, errors)

@@ -30,6 +30,9 @@ class Task:
     """A text task: a tokenizer and a model on one device. Subclasses implement ``__call__``."""
 
     padding_side = "right"
+    packed = False
+    """True: ``collate`` packs a batch's inputs into one row (``ddpinfer.packing``), so a batch
+    costs the sum of its inputs' costs, not rows × the largest."""
     window_rows: int | None = None
     """At most this many inputs prepared together (less than batch.sort_rows when prepared
     items are large, like decoded images). None: batch.sort_rows."""

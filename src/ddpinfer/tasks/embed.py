@@ -5,24 +5,42 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModel
 
-from ddpinfer import model_loading
+from ddpinfer import model_loading, packing
 from ddpinfer.config import Config, EmbedTaskConfig
 from ddpinfer.tasks.base import Columns, Task
 
 
 class EmbedTask(Task):
-    def __init__(self, tokenizer, model, max_length, cfg: EmbedTaskConfig) -> None:
+    def __init__(
+        self, tokenizer, model, max_length, cfg: EmbedTaskConfig, packed: bool = False
+    ) -> None:
         super().__init__(tokenizer, model, max_length)
         self.cfg = cfg
+        self.packed = packed
+        if packed:
+            self._first_position = packing.position_start(model.config) or 0
+            packing.use(model)
+
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        if self.packed:
+            return packing.pack(items, self._first_position)
+        return super().collate(items)
 
     @torch.inference_mode()
-    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
-        hidden = self.model(**batch).last_hidden_state
-        pooled = pool(hidden, batch["attention_mask"], self.cfg.pooling)
+    def __call__(self, batch: Mapping[str, Any], rows: Sequence[int]) -> Columns:
+        if self.packed:
+            lengths = batch["lengths"]
+            model_inputs = {k: v for k, v in batch.items() if k != "lengths"}
+            hidden = self.model(**model_inputs).last_hidden_state[0]
+            pooled = packing.pool(hidden, lengths, self.cfg.pooling)
+        else:
+            hidden = self.model(**batch).last_hidden_state
+            pooled = pool(hidden, batch["attention_mask"], self.cfg.pooling)
         if self.cfg.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
         return {"embedding": pooled.float().cpu().numpy()}
@@ -48,4 +66,5 @@ def build(cfg: Config, path: str, device: torch.device) -> EmbedTask:
     tokenizer = model_loading.load_tokenizer(cfg.model, path)
     model = model_loading.load_model(AutoModel, cfg.model, path, device)
     limit = model_loading.max_length(cfg.model, tokenizer, sentence_transformers_max_length(path))
-    return EmbedTask(tokenizer, model, limit, cfg.task)
+    packed = packing.choose(cfg.batch.packing, model, device, cfg.model.attn_implementation)
+    return EmbedTask(tokenizer, model, limit, cfg.task, packed)

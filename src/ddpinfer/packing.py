@@ -1,0 +1,154 @@
+"""Padding-free batches for encoders: a batch's inputs concatenated into one sequence.
+
+A padded batch computes ``rows × widest`` tokens; a packed one computes exactly its real tokens
+and needs no attention mask, which lets the attention kernel take its mask-free path. The model
+sees one row of all the batch's tokens, with position ids restarting at each input, and
+attention that stays inside each input: ``packed_attention`` runs one mask-free
+``scaled_dot_product_attention`` per run of equally long neighbours (batches are length-sorted,
+so runs are long). This is text-embeddings-inference's "unpadded" batching, for any device and
+without the flash-attn package.
+
+Only for architectures known to compute every position from its own input's tokens and
+positions alone (``POSITION_START``): anything else, and any attention mask or bias the model
+builds itself, would silently mix inputs, so those stay padded (and a mask raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PretrainedConfig
+
+from ddpinfer.errors import UserError
+
+ATTENTION = "ddpinfer_packed"
+RUNS = "packed_runs"
+"""The forward kwarg with the batch's runs: ``(start, count, length)`` per run of ``count``
+consecutive inputs of ``length`` tokens starting at token ``start``."""
+
+
+def _roberta_start(config: PretrainedConfig) -> int:
+    return config.pad_token_id + 1  # RoBERTa counts positions from padding_idx + 1
+
+
+POSITION_START = {
+    "bert": lambda config: 0,
+    "roberta": _roberta_start,
+    "xlm-roberta": _roberta_start,
+    "camembert": _roberta_start,
+}
+"""Model types that can run packed, and the position id of each input's first token (what the
+model computes itself from a padded row). Each is checked against padded batches in the tests."""
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention within each input of a packed row: ``query``/``key``/``value`` are
+    ``[1, heads, tokens, head_dim]``; returns ``[1, tokens, heads, head_dim]`` like transformers'
+    own attention functions."""
+    runs = kwargs.get(RUNS)
+    if runs is None or attention_mask is not None or query.shape[0] != 1:
+        raise RuntimeError(
+            f"{ATTENTION} attention needs one packed row, its {RUNS} and no attention mask "
+            "(this model builds a mask or bias of its own: run it with batch.packing=false)"
+        )
+    _, heads, tokens, dim = query.shape
+    out = query.new_empty((1, tokens, heads, dim))
+    for start, count, length in runs:
+        attended = F.scaled_dot_product_attention(
+            _run(query, start, count, length),
+            _run(key, start, count, length),
+            _run(value, start, count, length),
+            dropout_p=dropout,
+            scale=scaling,
+        )  # [count, heads, length, dim]
+        out[0, start : start + count * length] = attended.transpose(1, 2).flatten(0, 1)
+    return out, None
+
+
+def _run(x: torch.Tensor, start: int, count: int, length: int) -> torch.Tensor:
+    """``count`` inputs of ``length`` tokens from ``start`` of a packed ``[1, heads, tokens,
+    dim]`` tensor, as a batch ``[count, heads, length, dim]`` (a view, no copy)."""
+    return x[0, :, start : start + count * length].unflatten(1, (count, length)).transpose(0, 1)
+
+
+AttentionInterface.register(ATTENTION, packed_attention)
+
+
+def position_start(config: PretrainedConfig) -> int | None:
+    """The first position id of each packed input, or None if this model cannot run packed."""
+    start = POSITION_START.get(getattr(config, "model_type", ""))
+    return None if start is None else start(config)
+
+
+def choose(setting: str, model: torch.nn.Module, device: torch.device, attn: str) -> bool:
+    """Whether to pack, for batch.packing=``setting`` (auto | true | false).
+
+    auto packs on CPU, where every padded token costs its full share of compute. On CUDA it
+    pads: a packed batch runs one attention call per run of equal lengths, and small kernels
+    cost more there than the little padding sorted batches have."""
+    if setting == "false":
+        return False
+    reason = None
+    if position_start(model.config) is None:
+        reason = (
+            f"model type {model.config.model_type!r} is not one that runs packed "
+            f"({', '.join(POSITION_START)})"
+        )
+    elif attn not in ("auto", "sdpa"):
+        reason = f"model.attn_implementation={attn} pads (packing brings its own attention)"
+    if setting == "true":
+        if reason:
+            raise UserError(f"batch.packing=true: {reason}. HINT: batch.packing=auto pads instead.")
+        return True
+    return reason is None and device.type == "cpu"
+
+
+def use(model: torch.nn.Module) -> None:
+    """Switch ``model`` to packed attention (every batch it runs must be packed from now on)."""
+    model.set_attn_implementation(ATTENTION)
+
+
+def pack(ids: Sequence[Sequence[int]], first_position: int) -> dict[str, Any]:
+    """One packed row: ``input_ids`` and ``position_ids`` ``[1, tokens]``, ``lengths`` ``[rows]``
+    and the runs of equal lengths for ``packed_attention``."""
+    lengths = [len(x) for x in ids]
+    runs: list[list[int]] = []
+    start = 0
+    for n in lengths:
+        if runs and runs[-1][2] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([start, 1, n])
+        start += n
+    flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)
+    positions = torch.cat([torch.arange(first_position, first_position + n) for n in lengths])
+    return {
+        "input_ids": flat.unsqueeze(0),
+        "position_ids": positions.unsqueeze(0),
+        "lengths": torch.tensor(lengths, dtype=torch.long),
+        RUNS: tuple(tuple(r) for r in runs),
+    }
+
+
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Per-input ``mean`` or ``cls`` pooling of packed hidden states ``[tokens, dim]``."""
+    if pooling == "cls":
+        starts = torch.cumsum(lengths, 0) - lengths
+        return hidden[starts]
+    segment = torch.repeat_interleave(
+        torch.arange(len(lengths), device=hidden.device), lengths, output_size=hidden.shape[0]
+    )
+    sums = hidden.new_zeros((len(lengths), hidden.shape[1])).index_add_(0, segment, hidden)
+    return sums / lengths.unsqueeze(1).to(hidden.dtype)
