@@ -33,6 +33,12 @@ def test_defaults_are_the_embedded_embedding_job():
     assert cfg.batch.max_tokens is None  # from the device: 1024 on CPU, 16384 on CUDA
 
 
+def test_batch_packing_takes_hydra_booleans():
+    assert to_config(composed()).batch.packing == "auto"
+    assert to_config(composed("batch.packing=true")).batch.packing == "true"
+    assert to_config(composed("batch.packing=False")).batch.packing == "false"
+
+
 def test_hydra_does_not_invent_per_rank_directories():
     hydra = composed().hydra
     assert hydra.job.chdir is False
@@ -86,6 +92,7 @@ def test_typos_and_wrong_types_are_rejected(override):
         ("log.level=chatty", "log.level='CHATTY' is not one of"),
         ("log.progress_every_s=0", "log.progress_every_s=0"),
         ("task=custom", "task.target is required"),
+        ("batch.packing=sometimes", "batch.packing='sometimes' is not one of auto, true, false"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

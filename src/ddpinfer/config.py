@@ -217,8 +217,8 @@ class BatchConfig:
     prompt plus task.max_new_tokens)."""
 
     max_tokens: int | None = None
-    """Padded tokens per forward pass. Unset: 16384 on CUDA, 1024 on CPU (where the batch size
-    hardly changes the speed and padding does)."""
+    """Padded tokens per forward pass (packed batches: real tokens). Unset: 16384 on CUDA, 1024
+    on CPU (where the batch size hardly changes the speed and padding does)."""
     sort_rows: int = 16384
     """Inputs sorted by length together before they are cut into batches. Larger packs batches
     more tightly; a stop signal loses at most this many unfinished inputs' work."""

@@ -73,7 +73,9 @@ def packed_attention(
             dropout_p=dropout,
             scale=scaling,
         )  # [count, heads, length, dim]
-        out[0, start : start + count * length] = attended.transpose(1, 2).flatten(0, 1)
+        out[0, start : start + count * length].view(count, length, heads, dim).copy_(
+            attended.transpose(1, 2)
+        )  # one copy, straight into place
     return out, None
 
 
