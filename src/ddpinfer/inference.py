@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpinfer import device_mix, faults
+from ddpinfer import device_mix, faults, packing
 from ddpinfer.batching import BatchLimits, TokenBudget, plan_batches, plan_packed, split_to_fit
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
@@ -114,8 +114,8 @@ class Throughput:
         mask = batch.get("attention_mask")
         self.batches += 1
         self.inputs += rows
-        if "lengths" in batch:  # packed: every computed token is real
-            tokens = int(batch["lengths"].sum())
+        if packing.LENGTHS in batch:  # packed: every computed token is real
+            tokens = int(batch[packing.LENGTHS].sum())
             self.real_tokens += tokens
             self.padded_tokens += tokens
         elif mask is not None:

@@ -28,6 +28,9 @@ ATTENTION = "ddpinfer_packed"
 RUNS = "packed_runs"
 """The forward kwarg with the batch's runs: ``(start, count, length)`` per run of ``count``
 consecutive inputs of ``length`` tokens starting at token ``start``."""
+LENGTHS = "lengths"
+"""The packed batch's key for each input's token count (pooling and throughput read it; the
+model never sees it)."""
 
 
 def _roberta_start(config: PretrainedConfig) -> int:
@@ -139,7 +142,7 @@ def pack(ids: Sequence[Sequence[int]], first_position: int) -> dict[str, Any]:
     return {
         "input_ids": flat.unsqueeze(0),
         "position_ids": positions.unsqueeze(0),
-        "lengths": torch.tensor(lengths, dtype=torch.long),
+        LENGTHS: torch.tensor(lengths, dtype=torch.long),
         RUNS: tuple(tuple(r) for r in runs),
     }
 

@@ -34,8 +34,8 @@ class EmbedTask(Task):
     @torch.inference_mode()
     def __call__(self, batch: Mapping[str, Any], rows: Sequence[int]) -> Columns:
         if self.packed:
-            lengths = batch["lengths"]
-            model_inputs = {k: v for k, v in batch.items() if k != "lengths"}
+            lengths = batch[packing.LENGTHS]
+            model_inputs = {k: v for k, v in batch.items() if k != packing.LENGTHS}
             hidden = self.model(**model_inputs).last_hidden_state[0]
             pooled = packing.pool(hidden, lengths, self.cfg.pooling)
         else:
