@@ -1,10 +1,10 @@
 """ddpinfer at its defaults against the hand-written script it replaces, side by side.
 
 Generates a seeded long-tailed corpus (``corpus.py``) and runs, interleaved, ``--reps``
-repetitions of: ddpinfer at defaults (torchrun); ddpinfer with the other ``batch.packing``
-(padded batches on CPU, where the default packs; packed ones on CUDA, where it pads); the
-hand-written torchrun script (``handwritten.py``: contiguous halves, sorted batches of 32,
-``gather_object``); the zero-padding forward limit of that layout; and
+repetitions (odd ones in reverse order) of: ddpinfer at defaults (torchrun); ddpinfer with the
+other ``batch.packing`` (padded batches on CPU, where the default packs; packed ones on CUDA,
+where it pads); the hand-written torchrun script (``handwritten.py``: contiguous halves, sorted
+batches of 32, ``gather_object``); the zero-padding forward limit of that layout; and
 ``SentenceTransformer.encode`` in one process with all threads.
 Throughput is real (non-padding) tokens per second of the inference phase: from the model being
 loaded to the last result being on rank 0's disk (ddpinfer) or gathered (hand-written). It prints
@@ -86,7 +86,7 @@ print(time.perf_counter() - began)
 """
 
 
-def sentence_transformers(tmp: Path, corpus: Path, model: str, threads: int, real: int) -> dict:
+def sentence_transformers(tmp: Path, corpus: Path, model: str, threads: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", ST_SCRIPT, str(corpus), model, str(threads)],
         env=env(),
@@ -95,7 +95,7 @@ def sentence_transformers(tmp: Path, corpus: Path, model: str, threads: int, rea
         check=True,
     )
     seconds = float(result.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "tok_s": real / seconds}
+    return {"seconds": seconds}
 
 
 def main() -> None:
@@ -128,16 +128,25 @@ def main() -> None:
         ratios: dict[str, list[float]] = {"other": [], "hw": [], "limit": [], "st": []}
         st_rates: list[float] = []
         last = None
+        contenders = {
+            "ours": lambda rep: ddpinfer(tmp, corpus, args.nproc, f"defaults{rep}"),
+            "other": lambda rep: ddpinfer(
+                tmp, corpus, args.nproc, f"other{rep}", f"batch.packing={flipped}"
+            ),
+            "hw": lambda rep: handwritten(tmp, corpus, model, args.nproc),
+            "limit": lambda rep: handwritten(tmp, corpus, model, args.nproc, "--forward-limit"),
+        }
+        if not args.no_st:
+            contenders["st"] = lambda rep: sentence_transformers(tmp, corpus, model, args.nproc)
         for rep in range(args.reps):
-            ours = ddpinfer(tmp, corpus, args.nproc, f"defaults{rep}")
-            other = ddpinfer(tmp, corpus, args.nproc, f"other{rep}", f"batch.packing={flipped}")
-            hw = handwritten(tmp, corpus, model, args.nproc)
-            limit = handwritten(tmp, corpus, model, args.nproc, "--forward-limit")
-            st = (
-                None
-                if args.no_st
-                else sentence_transformers(tmp, corpus, model, args.nproc, ours["real"])
-            )
+            # odd repetitions run in reverse order, so that a machine getting faster or slower
+            # over the run favours no one
+            order = list(contenders) if rep % 2 == 0 else list(contenders)[::-1]
+            got = {name: contenders[name](rep) for name in order}
+            ours, other, hw, limit = got["ours"], got["other"], got["hw"], got["limit"]
+            st = got.get("st")
+            if st:  # the same texts: their tokens as ddpinfer counted them
+                st["tok_s"] = ours["real"] / st["seconds"]
             ratios["other"].append(ours["tok_s"] / other["tok_s"])
             ratios["hw"].append(ours["tok_s"] / hw["tok_s"])
             ratios["limit"].append(ours["tok_s"] / limit["tok_s"])
