@@ -8,4 +8,6 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -m pytest -q -m "gpu or multigpu" tests/ -p no:cacheprovider
 "$PY" benchmarks/bench_throughput.py --nproc "${NPROC:-1}" --rows "${ROWS:-32768}" --reps 3
+# packed (FlashAttention varlen) against padded batches, alternating, in half precision
+"$PY" benchmarks/bench_packing.py --device cuda --dtype float16 --rows 8192 --max-tokens 16384
 "$PY" benchmarks/bench_generate.py --prompts 512 --new-tokens 32

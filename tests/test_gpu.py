@@ -91,6 +91,38 @@ def test_real_cuda_oom_splits_batches_and_matches_cpu(tmp_path, bert_embedder):
     np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_packed_half_batches_take_the_varlen_kernel_and_match_padded(
+    tmp_path, bert_embedder, monkeypatch, dtype
+):
+    """batch.packing=true on CUDA in half precision: one FlashAttention varlen call per layer
+    and batch, embeddings as the padded batches give them (to half precision)."""
+    from helpers import run_in_process
+
+    from ddpinfer import packing
+
+    calls = []
+    kernel = packing.varlen_attn
+    monkeypatch.setattr(packing, "varlen_attn", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    write_jsonl(tmp_path / "in.jsonl", TEXTS * 8)
+    common = [
+        f"model.path={bert_embedder}",
+        f"data.path={tmp_path / 'in.jsonl'}",
+        f"run.root={tmp_path / 'runs'}",
+        "device=cuda",
+        f"model.dtype={dtype}",
+    ]
+    for setting in ("false", "true"):
+        run_in_process(
+            [*common, f"batch.packing={setting}", f"output.path={tmp_path}/{setting}.jsonl"]
+        )
+        assert bool(calls) == (setting == "true")
+    padded, packed = read_jsonl(tmp_path / "false.jsonl"), read_jsonl(tmp_path / "true.jsonl")
+    np.testing.assert_allclose(
+        [r["embedding"] for r in packed], [r["embedding"] for r in padded], atol=2e-2
+    )
+
+
 def test_image_text_on_one_gpu(tmp_path, tiny_llava):
     from helpers import write_image_inputs
 

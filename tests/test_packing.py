@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import TEXTS
 from tiny_models import bert_config, bert_tokenizer
 from transformers import (
@@ -103,6 +104,44 @@ def test_packed_batches_give_the_embeddings_padded_ones_do(tmp_path, model_type,
     assert stats.real_tokens == stats.padded_tokens == padded_runner.stats.real_tokens
     assert stats.padded_tokens < padded_runner.stats.padded_tokens  # the padding is gone
     assert stats.batches < padded_runner.stats.batches  # and batches hold more inputs
+
+
+def reference_varlen(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale=None):
+    """FlashAttention's variable-length contract on [tokens, heads, dim], from the offsets alone
+    (never the runs), one input at a time."""
+    assert q.is_contiguous() and cu_seq_q.dtype == torch.int32 and cu_seq_q is cu_seq_k
+    bounds = cu_seq_q.tolist()
+    assert max_q == max_k == max(b - a for a, b in zip(bounds, bounds[1:]))
+    out = torch.empty_like(q)
+    for a, b in zip(bounds, bounds[1:]):
+        each = [x[a:b].transpose(0, 1) for x in (q, k, v)]
+        out[a:b] = F.scaled_dot_product_attention(*each, scale=scale).transpose(0, 1)
+    return out
+
+
+def test_the_varlen_kernel_path_gives_the_padded_embeddings(tmp_path, monkeypatch):
+    """On CUDA in half precision a packed batch takes one FlashAttention varlen call; here a
+    reference kernel with the same contract stands in, so the offsets, views and shapes that
+    reach it are checked on CPU."""
+    path = save_model(tmp_path / "bert", "bert")
+    limits = BatchLimits(max_rows=64, max_tokens=256)
+    padded, _ = run(build(path, "false"), limits)
+    calls = []
+
+    def kernel(*args, **kwargs):
+        calls.append(1)
+        return reference_varlen(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "varlen_applies", lambda query: True)
+    monkeypatch.setattr(packing, "varlen_attn", kernel)
+    packed, _ = run(build(path, "true"), limits)
+    assert calls
+    np.testing.assert_allclose(packed, padded, atol=1e-5)
+
+
+def test_the_varlen_kernel_is_only_for_cuda_half_precision():
+    assert not packing.varlen_applies(torch.zeros(1, 2, 4, 8))
+    assert not packing.varlen_applies(torch.zeros(1, 2, 4, 8, dtype=torch.float16))
 
 
 def test_auto_packs_on_cpu_for_a_bert_model(bert_embedder):

@@ -224,8 +224,9 @@ class BatchConfig:
     more tightly; a stop signal loses at most this many unfinished inputs' work."""
     packing: str = "auto"
     """task=embed: true (a batch's inputs run concatenated, without padding: BERT and RoBERTa
-    families) | false (padded batches) | auto (packed where that is faster: on CPU, for those
-    models with sdpa attention; padded on CUDA). Packed, batch.max_tokens counts real tokens."""
+    families; on CUDA in half precision through FlashAttention's varlen kernel) | false (padded
+    batches) | auto (packed where that is faster: on CPU, for those models with sdpa attention;
+    padded on CUDA). Packed, batch.max_tokens counts real tokens."""
 
     def __post_init__(self) -> None:
         self.packing = str(self.packing).lower()  # `batch.packing=true` arrives as a bool

@@ -5,8 +5,10 @@ and needs no attention mask, which lets the attention kernel take its mask-free 
 sees one row of all the batch's tokens, with position ids restarting at each input, and
 attention that stays inside each input: ``packed_attention`` runs one mask-free
 ``scaled_dot_product_attention`` per run of equally long neighbours (batches are length-sorted,
-so runs are long). This is text-embeddings-inference's "unpadded" batching, for any device and
-without the flash-attn package.
+so runs are long), or on CUDA in half precision one call of PyTorch's FlashAttention
+variable-length kernel (``torch.nn.attention.varlen``) for the whole row. This is
+text-embeddings-inference's "unpadded" batching, for any device and without the flash-attn
+package.
 
 Only for architectures known to compute every position from its own input's tokens and
 positions alone (``POSITION_START``): anything else, and any attention mask or bias the model
@@ -15,6 +17,7 @@ builds itself, would silently mix inputs, so those stay padded (and a mask raise
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,10 +27,18 @@ from transformers import AttentionInterface, PretrainedConfig
 
 from ddpinfer.errors import UserError
 
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.9
+    varlen_attn = None
+
 ATTENTION = "ddpinfer_packed"
 RUNS = "packed_runs"
 """The forward kwarg with the batch's runs: ``(start, count, length)`` per run of ``count``
 consecutive inputs of ``length`` tokens starting at token ``start``."""
+CU_SEQ = "packed_cu_seq"
+"""The forward kwarg with each input's first token and the total, ``[rows + 1]`` int32 (what
+FlashAttention's variable-length kernel reads)."""
 LENGTHS = "lengths"
 """The packed batch's key for each input's token count (pooling and throughput read it; the
 model never sees it)."""
@@ -66,6 +77,8 @@ def packed_attention(
             f"{ATTENTION} attention needs one packed row, its {RUNS} and no attention mask "
             "(this model builds a mask or bias of its own: run it with batch.packing=false)"
         )
+    if varlen_applies(query):
+        return _varlen(query, key, value, kwargs[CU_SEQ], runs, scaling), None
     _, heads, tokens, dim = query.shape
     out = query.new_empty((1, tokens, heads, dim))
     for start, count, length in runs:
@@ -80,6 +93,28 @@ def packed_attention(
             attended.transpose(1, 2)
         )  # one copy, straight into place
     return out, None
+
+
+def varlen_applies(query: torch.Tensor) -> bool:
+    """Whether PyTorch's FlashAttention variable-length kernel can take this batch: CUDA, half
+    precision, head sizes it supports. It attends within each input in one call however many
+    lengths the batch has, where the SDPA fallback runs one call per run of equal lengths."""
+    dim = query.shape[-1]
+    return (
+        varlen_attn is not None
+        and query.is_cuda
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and dim % 8 == 0
+        and dim <= 256
+    )
+
+
+def _varlen(query, key, value, cu_seq: torch.Tensor, runs, scaling) -> torch.Tensor:
+    longest = max(length for _, _, length in runs)
+    # [1, heads, tokens, dim] views of [tokens, heads, dim] projections: no copy
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    out = varlen_attn(q, k, v, cu_seq, cu_seq, longest, longest, scale=scaling)
+    return out.unsqueeze(0)  # [1, tokens, heads, dim]
 
 
 def _run(x: torch.Tensor, start: int, count: int, length: int) -> torch.Tensor:
@@ -101,8 +136,10 @@ def choose(setting: str, model: torch.nn.Module, device: torch.device, attn: str
     """Whether to pack, for batch.packing=``setting`` (auto | true | false).
 
     auto packs on CPU, where every padded token costs its full share of compute. On CUDA it
-    pads: a packed batch runs one attention call per run of equal lengths, and small kernels
-    cost more there than the little padding sorted batches have."""
+    pads: in float32 a packed batch runs one attention call per run of equal lengths, and small
+    kernels cost more there than the little padding sorted batches have. In half precision
+    ``true`` takes the varlen kernel (one call); ``benchmarks/bench_packing.py --device cuda``
+    measures whether that beats padding, which has not been measured yet."""
     if setting == "false":
         return False
     reason = None
@@ -126,8 +163,8 @@ def use(model: torch.nn.Module) -> None:
 
 
 def pack(ids: Sequence[Sequence[int]], first_position: int) -> dict[str, Any]:
-    """One packed row: ``input_ids`` and ``position_ids`` ``[1, tokens]``, ``lengths`` ``[rows]``
-    and the runs of equal lengths for ``packed_attention``."""
+    """One packed row: ``input_ids`` and ``position_ids`` ``[1, tokens]``, ``lengths`` ``[rows]``,
+    and for ``packed_attention`` the runs of equal lengths and the inputs' offsets."""
     lengths = [len(x) for x in ids]
     runs: list[list[int]] = []
     start = 0
@@ -144,6 +181,7 @@ def pack(ids: Sequence[Sequence[int]], first_position: int) -> dict[str, Any]:
         "position_ids": positions.unsqueeze(0),
         LENGTHS: torch.tensor(lengths, dtype=torch.long),
         RUNS: tuple(tuple(r) for r in runs),
+        CU_SEQ: torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
     }
 
 
