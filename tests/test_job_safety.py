@@ -42,8 +42,11 @@ def stop_all(procs) -> None:
 
 def test_a_second_job_on_the_same_directory_stops_at_once(job):
     tmp_path, args = job
-    first = start(  # 12 batches of 1 s: still running when the second job starts
-        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=1"],
+    # 12 batches of 2 s in windows of one unit: its first part comes after 4 s, 20 s before the
+    # end (with windows of several units, sorted across them, a first part could come as late as
+    # 6 s before the end, less than a second job may take to start on a busy machine)
+    first = start(
+        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=2", "batch.sort_rows=4"],
         tmp_path,
         tmp_path / "first.log",
     )
