@@ -4,8 +4,11 @@ Each rank takes its contiguous half of the corpus, tokenizes it, sorts by length
 32 with dynamic padding, mean-pools, and `gather_object`s the embeddings to rank 0, which writes
 them in input order. ``--forward-limit`` instead times forward calls alone on the same layout,
 pre-tokenized, each batch cut to its shortest input: no padding at all (the ceiling).
+``--write OUT`` makes rank 0 write ``{"id", "embedding"}`` JSONL in input order with the standard
+``json`` module after the timed phase, as a user's script would: benchmarks time the whole command.
 
-    torchrun --nproc_per_node=2 benchmarks/handwritten.py corpus.jsonl model_dir stats.json
+    torchrun --nproc_per_node=2 benchmarks/handwritten.py corpus.jsonl model_dir stats.json \
+        [--forward-limit | --write OUT]
 """
 
 import json
@@ -19,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 corpus, model_dir, stats_path = sys.argv[1:4]
 forward_limit = "--forward-limit" in sys.argv
+write = sys.argv[sys.argv.index("--write") + 1] if "--write" in sys.argv else None
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 texts = [json.loads(line)["text"] for line in open(corpus)]
@@ -61,5 +65,11 @@ dist.all_gather_object(
 if rank == 0:
     with open(stats_path, "w") as f:
         json.dump(stats, f)
+    if write:
+        ids = [json.loads(line)["id"] for line in open(corpus)]
+        rows = [v for part in gathered for v in part]
+        with open(write, "w") as f:
+            for id_, v in zip(ids, rows):
+                f.write(json.dumps({"id": id_, "embedding": v}) + "\n")
 dist.destroy_process_group()
 os._exit(0)  # gloo's destructors abort the process at exit about once in twenty runs
