@@ -86,15 +86,15 @@ ST_SCRIPT = """
 import json, sys, time, torch
 from sentence_transformers import SentenceTransformer
 torch.set_num_threads(int(sys.argv[3]))
-texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
+records = [json.loads(line) for line in open(sys.argv[1])]
+texts = [r["text"] for r in records]
 model = SentenceTransformer(sys.argv[2], device="cuda" if torch.cuda.is_available() else "cpu")
 began = time.perf_counter()
 embeddings = model.encode(texts, batch_size=32)
 print(time.perf_counter() - began)
-ids = [json.loads(line)["id"] for line in open(sys.argv[1])]
 with open(sys.argv[4], "w") as f:
-    for id_, v in zip(ids, embeddings.tolist()):
-        f.write(json.dumps({"id": id_, "embedding": v}) + "\\n")
+    for record, v in zip(records, embeddings.tolist()):
+        f.write(json.dumps({"id": record["id"], "embedding": v}) + "\\n")
 """
 
 

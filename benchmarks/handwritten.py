@@ -1,8 +1,8 @@
 """The baseline: the hand-written torchrun script ddpinfer replaces (about 40 lines).
 
 Each rank takes its contiguous half of the corpus, tokenizes it, sorts by length, runs batches of
-32 with dynamic padding, mean-pools, and `gather_object`s the embeddings to rank 0, which writes
-them in input order. ``--forward-limit`` instead times forward calls alone on the same layout,
+32 with dynamic padding, mean-pools, and `gather_object`s the embeddings to rank 0 in input
+order. ``--forward-limit`` instead times forward calls alone on the same layout,
 pre-tokenized, each batch cut to its shortest input: no padding at all (the ceiling).
 ``--write OUT`` makes rank 0 write ``{"id", "embedding"}`` JSONL in input order with the standard
 ``json`` module after the timed phase, as a user's script would: benchmarks time the whole command.
@@ -25,7 +25,8 @@ forward_limit = "--forward-limit" in sys.argv
 write = sys.argv[sys.argv.index("--write") + 1] if "--write" in sys.argv else None
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-texts = [json.loads(line)["text"] for line in open(corpus)]
+records = [json.loads(line) for line in open(corpus)]
+texts = [r["text"] for r in records]
 share = len(texts) // world + 1
 start = rank * share
 mine = texts[start : start + share]
@@ -66,10 +67,9 @@ if rank == 0:
     with open(stats_path, "w") as f:
         json.dump(stats, f)
     if write:
-        ids = [json.loads(line)["id"] for line in open(corpus)]
         rows = [v for part in gathered for v in part]
         with open(write, "w") as f:
-            for id_, v in zip(ids, rows):
-                f.write(json.dumps({"id": id_, "embedding": v}) + "\n")
+            for record, v in zip(records, rows):
+                f.write(json.dumps({"id": record["id"], "embedding": v}) + "\n")
 dist.destroy_process_group()
 os._exit(0)  # gloo's destructors abort the process at exit about once in twenty runs

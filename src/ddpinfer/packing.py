@@ -111,7 +111,7 @@ def varlen_applies(query: torch.Tensor) -> bool:
 
 def _varlen(query, key, value, cu_seq: torch.Tensor, runs, scaling) -> torch.Tensor:
     longest = max(length for _, _, length in runs)
-    # [1, heads, tokens, dim] views of [tokens, heads, dim] projections: no copy
+    # [tokens, heads, dim] views of the [1, heads, tokens, dim] projections: no copy
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
     out = varlen_attn(q, k, v, cu_seq, cu_seq, longest, longest, scale=scaling)
     return out.unsqueeze(0)  # [1, tokens, heads, dim]
