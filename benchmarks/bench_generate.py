@@ -24,11 +24,11 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import tiny_models  # noqa: E402
 from corpus import make_texts  # noqa: E402
 
-from ddpinfer.batching import BatchLimits  # noqa: E402
+from ddpinfer.compute.batching import BatchLimits  # noqa: E402
+from ddpinfer.compute.tasks import build_task  # noqa: E402
+from ddpinfer.compute.windows import WindowRunner, prepare_window  # noqa: E402
 from ddpinfer.config import Config, FaultConfig, GenerateTaskConfig, ModelConfig  # noqa: E402
-from ddpinfer.inference import WindowRunner, prepare_window  # noqa: E402
-from ddpinfer.inputs import Row  # noqa: E402
-from ddpinfer.tasks import build_task  # noqa: E402
+from ddpinfer.inputs.readers import Row  # noqa: E402
 
 
 def batched(task, prompts: list[str], limits: BatchLimits) -> list[str]:

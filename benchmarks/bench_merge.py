@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpinfer.parts import build_table, write_part
-from ddpinfer.work_units import plan_units
+from ddpinfer.plan.work_units import plan_units
 
 UNIT = 4096
 LABELS = ["negative", "neutral", "positive"]
@@ -30,8 +30,8 @@ MERGE_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 from ddpinfer.memory_use import peak_rss_mb
-from ddpinfer.merge import merge_parts
-from ddpinfer.work_units import plan_units
+from ddpinfer.results.merge import merge_parts
+from ddpinfer.plan.work_units import plan_units
 run_dir, out, fmt = Path(sys.argv[1]), Path(sys.argv[4]), sys.argv[5]
 rows, unit = int(sys.argv[2]), int(sys.argv[3])
 began = time.perf_counter()

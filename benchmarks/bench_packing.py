@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import make_texts  # noqa: E402
 
-from ddpinfer.batching import BatchLimits  # noqa: E402
+from ddpinfer.compute.batching import BatchLimits  # noqa: E402
+from ddpinfer.compute.tasks import build_task  # noqa: E402
+from ddpinfer.compute.tasks.base import to_device  # noqa: E402
+from ddpinfer.compute.windows import prepare_window  # noqa: E402
 from ddpinfer.config import BatchConfig, Config, EmbedTaskConfig, ModelConfig  # noqa: E402
-from ddpinfer.inference import prepare_window  # noqa: E402
-from ddpinfer.inputs import Row  # noqa: E402
-from ddpinfer.tasks import build_task  # noqa: E402
-from ddpinfer.tasks.base import to_device  # noqa: E402
+from ddpinfer.inputs.readers import Row  # noqa: E402
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from corpus import make_texts  # noqa: E402
 
 SCAN_SCRIPT = """
 import json, sys, time
-from ddpinfer.input_scan import scan
-from ddpinfer.inputs import open_spec
+from ddpinfer.inputs.scan import scan
+from ddpinfer.inputs.readers import open_spec
 from ddpinfer.memory_use import peak_rss_mb
 path, id_field, reference = sys.argv[1], sys.argv[2] or None, sys.argv[3] == "1"
 spec = open_spec(path, "auto", "text", id_field)

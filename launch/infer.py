@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from ddpinfer.config import register_configs
+from ddpinfer.launch.stopping import config_errors_exit_2
 from ddpinfer.runner import main as run_main
-from ddpinfer.stopping import config_errors_exit_2
 
 register_configs()
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from helpers import read_jsonl, run_in_process
 
-from ddpinfer.inputs import InputError
+from ddpinfer.inputs.readers import InputError
 
 GOOD_BEFORE = b'{"uid": "a", "text": "a fine first input"}\n'
 GOOD_AFTER = b'{"uid": "z", "text": "a fine last input"}\n'

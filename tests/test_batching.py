@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpinfer.batching import (
+from ddpinfer.compute.batching import (
     BATCH_OVERHEAD,
     BatchLimits,
     TokenBudget,

@@ -15,7 +15,7 @@ from ddpinfer.config import (
     register_configs,
     to_config,
 )
-from ddpinfer.run_dir import resolve_run_dir
+from ddpinfer.launch.run_dir import resolve_run_dir
 
 register_configs()
 
@@ -137,7 +137,7 @@ def test_run_dir_follows_from_the_command_not_the_clock(tmp_path):
 def test_input_and_keep_fields_keys_reach_the_schema_and_clashes_are_refused():
     from ddpinfer.config import ConfigError
     from ddpinfer.errors import UserError
-    from ddpinfer.tasks import check_keep_fields
+    from ddpinfer.plan.task_needs import check_keep_fields
 
     cfg = to_config(
         composed("data.path=shards/*.jsonl", "data.split=train", "output.keep_fields=[title,lang]")

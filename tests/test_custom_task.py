@@ -6,9 +6,9 @@ import json
 import pytest
 from helpers import REPO, TEXTS, check, launch, read_jsonl, write_jsonl
 
+from ddpinfer.compute.tasks.custom import CustomTask, CustomTaskError, load_class
 from ddpinfer.config import CustomTaskConfig
-from ddpinfer.inputs import Row
-from ddpinfer.tasks.custom import CustomTask, CustomTaskError, load_class
+from ddpinfer.inputs.readers import Row
 
 EXAMPLE = "examples.word_count_task:WordCountTask"
 

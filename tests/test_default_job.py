@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import check, launch, read_jsonl
 
-from ddpinfer.model_loading import bundled_model_path
-from ddpinfer.preflight import SAMPLE_DATA
+from ddpinfer.inputs.files import SAMPLE_DATA
+from ddpinfer.plan.task_needs import bundled_model_path
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ddpinfer.device import DeviceError, replica_gpus, resolve_device, set_cpu_threads
-from ddpinfer.launch_env import LaunchEnv
+from ddpinfer.launch.device import DeviceError, replica_gpus, resolve_device, set_cpu_threads
+from ddpinfer.launch.env import LaunchEnv
 
 
 def env(local_rank=0, local_world_size=1):
@@ -36,7 +36,7 @@ def test_cuda_asked_but_missing():
 
 
 def test_cpu_threads_are_shared_between_the_processes_of_a_node(monkeypatch):
-    monkeypatch.setattr("ddpinfer.device.available_cores", lambda: 16)
+    monkeypatch.setattr("ddpinfer.launch.device.available_cores", lambda: 16)
     before = torch.get_num_threads()
     try:
         assert set_cpu_threads(None, 4) == 4 and torch.get_num_threads() == 4

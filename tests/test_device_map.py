@@ -9,13 +9,13 @@ from accelerate.utils import compute_module_sizes
 from torch import nn
 from transformers import AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel
 
-from ddpinfer import device_map as dm
-from ddpinfer import device_mix as mix
-from ddpinfer.batching import BatchLimits
+from ddpinfer.compute import device_map as dm
+from ddpinfer.compute import device_mix as mix
+from ddpinfer.compute.batching import BatchLimits
+from ddpinfer.compute.tasks.base import Task, pad_token_ids
+from ddpinfer.compute.windows import WindowRunner, prepare_window
 from ddpinfer.config import FaultConfig, ModelConfig
-from ddpinfer.inference import WindowRunner, prepare_window
-from ddpinfer.inputs import Row
-from ddpinfer.tasks.base import Task, pad_token_ids
+from ddpinfer.inputs.readers import Row
 
 F32 = torch.float32
 

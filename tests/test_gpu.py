@@ -99,7 +99,7 @@ def test_packed_half_batches_take_the_varlen_kernel_and_match_padded(
     and batch, embeddings as the padded batches give them (to half precision)."""
     from helpers import run_in_process
 
-    from ddpinfer import packing
+    from ddpinfer.compute import packing
 
     calls = []
     kernel = packing.varlen_attn

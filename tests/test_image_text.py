@@ -15,7 +15,7 @@ from helpers import (
 )
 from PIL import Image
 
-from ddpinfer.inputs import InputError
+from ddpinfer.inputs.readers import InputError
 
 UNIT_OF_1 = "data.unit_size=1"
 
@@ -129,8 +129,8 @@ def test_image_field_is_read_from_csv_and_parquet_and_checked(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ddpinfer import images
-    from ddpinfer.inputs import open_spec, read_rows
+    from ddpinfer.inputs import images
+    from ddpinfer.inputs.readers import open_spec, read_rows
 
     write_image(tmp_path / "a.png", 0, (8, 8))
     fields = (("picture", images.check_paths),)
@@ -152,7 +152,7 @@ def test_a_processor_without_chat_template_is_refused_before_the_model_loads(
 ):
     import shutil
 
-    from ddpinfer.model_loading import ModelLoadError
+    from ddpinfer.compute.model_loading import ModelLoadError
 
     data, _ = dataset
     bare = tmp_path / "no-template"
@@ -164,7 +164,7 @@ def test_a_processor_without_chat_template_is_refused_before_the_model_loads(
 
 
 def test_image_windows_are_capped(tmp_path, tiny_llava, dataset, monkeypatch):
-    from ddpinfer.tasks.image_text import ImageTextTask
+    from ddpinfer.compute.tasks.image_text import ImageTextTask
 
     data, _ = dataset  # 7 inputs in units of 1: an uncapped first window takes 4 units
     monkeypatch.setattr(ImageTextTask, "window_rows", 3)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddpinfer import input_scan
-from ddpinfer.input_scan import scan
-from ddpinfer.inputs import InputError, InputSpec
+from ddpinfer.inputs import scan as input_scan
+from ddpinfer.inputs.readers import InputError, InputSpec
+from ddpinfer.inputs.scan import scan
 
 WHITESPACE = [" ", "\t", "\u3000", "\x1c", "\u0085", "\u00a0", "\u2028", "\n"]
 good_texts = st.sampled_from(["ok", "été", "字 字", ' "quoted" \\ '])

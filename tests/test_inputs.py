@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import save_dataset, write_records
 
-from ddpinfer.input_scan import scan
-from ddpinfer.inputs import InputError, open_spec, read_rows
+from ddpinfer.inputs.readers import InputError, open_spec, read_rows
+from ddpinfer.inputs.scan import scan
 
 
 def rows(spec, r=None):
@@ -85,7 +85,7 @@ def test_missing_file_and_unknown_suffix(tmp_path):
 
 
 def test_row_stream_reads_ascending_windows_in_one_pass(tmp_path):
-    from ddpinfer.inputs import RowStream
+    from ddpinfer.inputs.readers import RowStream
 
     p = tmp_path / "in.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
@@ -173,7 +173,7 @@ def test_glob_errors_name_the_file_and_its_line(tmp_path):
 
 
 def test_parquet_glob_skips_whole_files_before_the_range(tmp_path, monkeypatch):
-    import ddpinfer.inputs as inputs_module
+    import ddpinfer.inputs.readers as inputs_module
 
     for k in range(3):
         chunk = RECORDS[k * 4 : (k + 1) * 4]
@@ -216,8 +216,8 @@ def test_an_edited_shard_changes_the_digests_of_its_rows_only(tmp_path):
 
 def test_output_is_refused_when_it_is_an_input_file_the_dataset_or_matches_the_glob(tmp_path):
     from ddpinfer.errors import UserError
-    from ddpinfer.fingerprint import _input_paths
-    from ddpinfer.preflight import _check_not_the_input
+    from ddpinfer.plan.fingerprint import _input_paths
+    from ddpinfer.plan.preflight import _check_not_the_input
 
     spec = open_spec(write_shards(tmp_path), "auto", "text", "uid")
     for output in ("shards/b.jsonl", "shards/out.jsonl"):

@@ -112,9 +112,9 @@ def test_waiting_for_the_others_has_a_deadline(tmp_path):
     """Rank 0 is done and waits; rank 1 never finishes a batch nor says it is done."""
     import torch.distributed as dist
 
-    from ddpinfer.launch_env import LaunchEnv
-    from ddpinfer.liveness import Liveness
-    from ddpinfer.stopping import PeerFailed
+    from ddpinfer.launch.env import LaunchEnv
+    from ddpinfer.launch.liveness import Liveness
+    from ddpinfer.launch.stopping import PeerFailed
 
     port = free_port()
     host = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)

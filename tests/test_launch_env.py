@@ -1,6 +1,6 @@
 import pytest
 
-from ddpinfer.launch_env import LaunchError, detect
+from ddpinfer.launch.env import LaunchError, detect
 
 
 def test_plain_python_is_a_world_of_one():

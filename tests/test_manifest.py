@@ -7,8 +7,8 @@ import json
 import pytest
 from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
 
-from ddpinfer import summary
-from ddpinfer.manifest import append_attempt, model_identity, output_checksum
+from ddpinfer.results import summary
+from ddpinfer.results.manifest import append_attempt, model_identity, output_checksum
 
 pytestmark = pytest.mark.slow
 

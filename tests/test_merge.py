@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ddpinfer.merge import MergeError, ids_path, merge_parts
 from ddpinfer.parts import build_table, finished_units, part_path, read_part, write_part
+from ddpinfer.results.merge import MergeError, ids_path, merge_parts
 
 
 def write_units(run_dir, units, skip=(), ids=lambda r: f"id{r}", errors=()):

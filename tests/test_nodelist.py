@@ -1,6 +1,6 @@
 import pytest
 
-from ddpinfer.nodelist import expand_nodelist, expand_tasks_per_node, first_host
+from ddpinfer.launch.nodelist import expand_nodelist, expand_tasks_per_node, first_host
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,13 @@ from transformers import (
     XLMRobertaModel,
 )
 
-from ddpinfer import packing
-from ddpinfer.batching import BatchLimits
+from ddpinfer.compute import packing
+from ddpinfer.compute.batching import BatchLimits
+from ddpinfer.compute.tasks import build_task
+from ddpinfer.compute.windows import WindowRunner, prepare_window
 from ddpinfer.config import BatchConfig, Config, EmbedTaskConfig, FaultConfig, ModelConfig
 from ddpinfer.errors import UserError
-from ddpinfer.inference import WindowRunner, prepare_window
-from ddpinfer.inputs import Row
-from ddpinfer.tasks import build_task
+from ddpinfer.inputs.readers import Row
 
 CPU = torch.device("cpu")
 # Lengths from 3 to 60 tokens, many of them repeated (runs of equal length in a packed batch).

@@ -9,7 +9,7 @@ import pytest
 from helpers import TEXTS, check, launch, subprocess_env, torchrun_cmd, write_jsonl
 
 from ddpinfer.config import LogConfig
-from ddpinfer.progress import Display, LocalCounters, Reporter, Snapshot, progress_line
+from ddpinfer.results.progress import Display, LocalCounters, Reporter, Snapshot, progress_line
 
 
 def test_reporters_add_up_across_ranks_and_the_display_reads_the_total():

@@ -9,7 +9,7 @@ import pytest
 import tiny_models
 from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
 
-from ddpinfer.model_loading import ModelLoadError
+from ddpinfer.compute.model_loading import ModelLoadError
 
 
 def embed_args(tmp_path, model, name, *extra):
@@ -132,7 +132,7 @@ def test_cls_pooling_without_normalisation_is_the_first_token_state(tmp_path, be
 def test_a_transient_cuda_error_fails_the_unit_not_its_inputs_and_a_rerun_retries_it(
     tmp_path, bert_embedder
 ):
-    from ddpinfer.inference import TransientError
+    from ddpinfer.compute.windows import TransientError
 
     write_jsonl(tmp_path / "in.jsonl", TEXTS * 3)
     common = ["data.unit_size=4", "batch_size=2", "batch.sort_rows=4"]  # one unit per window

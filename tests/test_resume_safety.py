@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from helpers import TEXTS, read_jsonl, run_in_process, split_jsonl, write_jsonl
 
-from ddpinfer import fingerprint
-from ddpinfer.bad_inputs import TooManyBadInputs, max_bad_rows
 from ddpinfer.errors import UserError
-from ddpinfer.fingerprint import FingerprintMismatch
-from ddpinfer.input_scan import InputScan, scan
-from ddpinfer.inputs import InputSpec
+from ddpinfer.inputs.bad_records import TooManyBadInputs, max_bad_rows
+from ddpinfer.inputs.readers import InputSpec
+from ddpinfer.inputs.scan import InputScan, scan
+from ddpinfer.plan import fingerprint
+from ddpinfer.plan.fingerprint import FingerprintMismatch
 
 N = 12
 

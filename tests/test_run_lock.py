@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ddpinfer.atomic import atomic_path
-from ddpinfer.run_lock import LOCK_NAME, RunDirLocked, RunLock
+from ddpinfer.launch.run_lock import LOCK_NAME, RunDirLocked, RunLock
 
 
 def lock(run_dir, job="job-2", host="here", stale_after_s=60.0):

@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import TEXTS, check, launch, read_jsonl, run_in_process, write_jsonl
 
-from ddpinfer.batching import BatchLimits
+from ddpinfer.compute.batching import BatchLimits
+from ddpinfer.compute.tasks import build_task
+from ddpinfer.compute.windows import WindowRunner, prepare_window
 from ddpinfer.config import Config, EmbedTaskConfig, FaultConfig, ModelConfig
-from ddpinfer.inference import WindowRunner, prepare_window
-from ddpinfer.inputs import Row
-from ddpinfer.tasks import build_task
+from ddpinfer.inputs.readers import Row
 
 N = 40
 

@@ -3,7 +3,13 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ddpinfer.work_units import UnitClaims, auto_unit_size, local_counter, plan_units, split_rows
+from ddpinfer.plan.work_units import (
+    UnitClaims,
+    auto_unit_size,
+    local_counter,
+    plan_units,
+    split_rows,
+)
 
 
 def claim_all(pending, unit_size, world_size, max_rows, ranks_in_turn):

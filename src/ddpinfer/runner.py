@@ -4,10 +4,8 @@ inference, part files, and rank 0's merge into the final output."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import socket
 import sys
 import time
 import traceback
@@ -18,24 +16,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ddpinfer import faults, launch_env, manifest, summary
-from ddpinfer.atomic import atomic_text
+from ddpinfer import faults
+from ddpinfer.compute import Throughput, build_task, run_units
 from ddpinfer.config import Config, to_config
-from ddpinfer.device import pin_device, resolve_device, set_cpu_threads
 from ddpinfer.errors import UserError
-from ddpinfer.inference import Throughput
-from ddpinfer.liveness import Liveness
-from ddpinfer.logs import setup_logging
-from ddpinfer.memory_use import peak_rss_mb
-from ddpinfer.merge import MergeSummary, merge_parts, output_format
-from ddpinfer.part_transfer import collect_parts
-from ddpinfer.preflight import Plan, agreed, preflight
-from ddpinfer.process_group import ProcessGroup
-from ddpinfer.progress import Progress
-from ddpinfer.rank_loop import run_units
-from ddpinfer.run_dir import resolve_run_dir
-from ddpinfer.run_lock import take_run_lock
-from ddpinfer.stopping import (
+from ddpinfer.launch import (
+    Liveness,
+    ProcessGroup,
+    agreed,
+    pin_device,
+    resolve_device,
+    resolve_run_dir,
+    set_cpu_threads,
+    setup_logging,
+    take_run_lock,
+)
+from ddpinfer.launch import env as launch_env
+from ddpinfer.launch.stopping import (
     EXIT_PEER_FAILED,
     EXIT_PREEMPTED,
     EXIT_UNEXPECTED,
@@ -47,7 +44,18 @@ from ddpinfer.stopping import (
     end_sweep_job,
     in_hydra_sweep,
 )
-from ddpinfer.tasks import build_task, model_path
+from ddpinfer.plan import Plan, model_path, preflight
+from ddpinfer.results import (
+    MergeSummary,
+    Progress,
+    collect_parts,
+    manifest,
+    merge_parts,
+    output_format,
+    save_merge_stats,
+    save_rank_stats,
+    summary,
+)
 
 log = logging.getLogger("ddpinfer")
 
@@ -162,11 +170,19 @@ def _run(
     progress = Progress(env, total, total - sum(len(plan.units[u]) for u in plan.pending), cfg.log)
     try:
         done, stats = (
-            run_units(cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter)
+            run_units(
+                cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter.unit_done
+            )
             if task
             else ([], None)
         )
-        record = _save_stats(run_dir, env.rank, stats or Throughput(), started, progress, device)
+        counts = {
+            **dataclasses.asdict(stats or Throughput()),
+            "rows": progress.reporter.counts.rows,
+            "errors": progress.reporter.counts.errors,
+        }
+        seconds = time.perf_counter() - started
+        record = save_rank_stats(run_dir, env.rank, counts, seconds, device)
         if liveness is not None:
             liveness.idle()
             liveness.wait_all_done(check_stop)
@@ -217,34 +233,10 @@ def _finish(
     log.info("manifest: %s", manifest.append_attempt(run_dir, entry))
 
 
-def _save_stats(
-    run_dir: Path, rank: int, stats: Throughput, start: float, progress: Progress, device
-) -> dict:
-    """This rank's inference phase (model loaded to last part written), for benchmarks, the
-    summary and the manifest."""
-    seconds = time.perf_counter() - start
-    record = {
-        **dataclasses.asdict(stats),
-        "rows": progress.reporter.counts.rows,
-        "errors": progress.reporter.counts.errors,
-        "host": socket.gethostname(),
-        "device": str(device),
-        "seconds": seconds,
-        "started_at": time.time() - seconds,
-        "finished_at": time.time(),
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    with atomic_text(run_dir / "stats" / f"rank{rank}.json") as f:
-        json.dump(record, f)
-    return record
-
-
 def _merge(run_dir: Path, plan: Plan, started: float) -> MergeSummary:
     merge_began = time.perf_counter()
     summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
-    record = {"seconds": time.perf_counter() - merge_began, "peak_rss_mb": peak_rss_mb()}
-    with atomic_text(run_dir / "stats" / "merge.json") as f:
-        json.dump(record, f)
+    save_merge_stats(run_dir, time.perf_counter() - merge_began)
     log.info(
         "done: %d input(s), %d written to %s, %d error(s)%s; %.1fs",
         plan.units[-1].stop,

@@ -1,0 +1,108 @@
+"""Generation from image(s) and a prompt: AutoProcessor + AutoModelForImageTextToText, left
+padding. Record: {"generated_text"} (the new text only).
+
+Decoding (greedy, or per-row seeded sampling) is ``generate``'s. What differs is the input: on
+the background thread each row's images are decoded (Pillow, RGB) and the row is run through the
+processor once, alone, which both counts its tokens exactly (prompt + image tokens) and finds an
+image or prompt the processor rejects before it can fail a batch. ``collate`` runs the processor
+again over the batch, padded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from ddpinfer.compute import model_loading
+from ddpinfer.compute.tasks.base import Columns
+from ddpinfer.compute.tasks.generate import GenerateTask
+from ddpinfer.config import Config, ImageTextTaskConfig
+from ddpinfer.inputs import Row, images
+
+
+@dataclass
+class ImageTextItem:
+    prompt: str
+    images: list[Any]
+    tokens: int
+    """Prompt tokens with the image tokens the processor expands the images into."""
+
+
+class ImageTextTask(GenerateTask):
+    window_rows = 512  # decoded images and pixel tensors of a whole window are held in memory
+
+    def __init__(
+        self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str
+    ) -> None:
+        # No truncation: cutting a prompt could cut image tokens the model then cannot match.
+        super().__init__(processor.tokenizer, model, None, cfg, seed)
+        self.processor = processor
+        self.image_field = image_field
+        # prepare and collate run on the background thread, but a batch split after an error
+        # is collated on the compute thread: one processor call at a time.
+        self._processor_lock = threading.Lock()
+
+    def prompt(self, text: str, num_images: int) -> str:
+        """One user turn, the image(s) then the text, with the generation prompt."""
+        if not self.cfg.chat_template:
+            return text
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
+        conversation = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+
+    def prepare(self, rows: Sequence[Row]) -> list[Any]:
+        items: list[Any] = []
+        for row in rows:
+            try:
+                items.append(self._prepare_row(row))
+            except images.ImageError as e:
+                items.append(e)
+            except Exception as e:
+                items.append(RuntimeError(f"processor failed: {type(e).__name__}: {e}"))
+        return items
+
+    def _prepare_row(self, row: Row) -> ImageTextItem:
+        paths = (row.fields or {})[self.image_field]
+        decoded = images.load(paths)
+        prompt = self.prompt(row.text, len(decoded))
+        with self._processor_lock:
+            alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
+        return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]))
+
+    def cost(self, item: ImageTextItem) -> int:
+        """Prompt and image tokens, and every token that may be generated after them."""
+        return item.tokens + self.cfg.max_new_tokens
+
+    def collate(self, items: Sequence[ImageTextItem]) -> dict[str, torch.Tensor]:
+        with self._processor_lock:
+            batch = self.processor(
+                images=[image for item in items for image in item.images],
+                text=[item.prompt for item in items],
+                padding=True,
+                return_tensors="pt",
+            )
+        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    @torch.inference_mode()
+    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
+        dtype = self.model.dtype  # pixel values arrive as float32
+        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        return super().__call__(batch, rows)
+
+
+def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
+    processor = model_loading.load_processor(cfg.model, path)
+    if cfg.task.chat_template and not getattr(processor, "chat_template", None):
+        raise model_loading.ModelLoadError(
+            f"model.path={path}: the processor has no chat template. HINT: set "
+            "task.chat_template=false and write the model's image placeholders into the text."
+        )
+    model = model_loading.load_model(AutoModelForImageTextToText, cfg.model, path, device)
+    return ImageTextTask(processor, model, cfg.task, cfg.seed, cfg.data.image_field)

@@ -1,0 +1,329 @@
+"""Read inputs from JSONL, CSV, Parquet, plain text or a ``save_to_disk`` folder, streaming,
+as (row, id, text).
+
+A *row* is the 0-based position of an input among all the inputs (blank lines in JSONL and
+text files are not inputs); with several files (a glob, a sharded dataset) rows count on from
+one file to the next. Rows are what work units are made of; ids are what users see.
+
+A problem with the file as a whole (missing, empty, no such column) is an ``InputError``. A
+problem with one record is an ``InputError`` too, unless the reader was told to skip bad records
+(``data.on_error=skip``): then the row comes back with ``error`` set, to be recorded, not run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ddpinfer.errors import InputError
+from ddpinfer.inputs.files import find_input_files
+
+Id = str | int
+
+FieldCheck = Callable[[Any, Path], Any]
+"""Checks one extra field's value (given the folder of the record's data file, for relative
+paths) and returns it normalised; raises ``ValueError`` saying what is wrong with it."""
+
+COLUMNAR = ("parquet", "hf_dataset")
+"""Formats read in record batches of only the needed columns, skipped by their row counts."""
+SKIP_HINT = "HINT: fix the input, or set data.on_error=skip to record bad inputs and go on."
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int
+    id: Id | None
+    text: str
+    error: str | None = None
+    """Why this record cannot be run (only when bad records are skipped)."""
+    fields: Mapping[str, Any] | None = None
+    """The record's extra fields that were asked for (``InputSpec.fields``), by name."""
+    at: str = ""
+    """Where the record is, for messages: ``file:line``, or ``file (row k)`` for the k-th row
+    of a Parquet or Arrow file."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    source: str
+    """``data.path`` as given (a file, a glob or a folder): what messages about all inputs name."""
+    files: tuple[Path, ...]
+    """The files read, in order (one for a single file)."""
+    format: str
+    text_field: str = "text"
+    id_field: str | None = None
+    skip_bad: bool = False
+    fields: tuple[tuple[str, FieldCheck | None], ...] = ()
+    """Extra fields to read from each record besides text and id (e.g. an image path), each
+    with an optional check run as the record is read: a failed check makes a bad record."""
+    keep: tuple[str, ...] = ()
+    """Fields copied to the output as they are (``output.keep_fields``): read into
+    ``Row.fields`` like ``fields``, and part of the content digest, since they reach the output."""
+
+    def read_fields(self) -> list[str]:
+        """Every field a record must have besides the text and the id."""
+        return [*(name for name, _ in self.fields), *self.keep]
+
+
+def open_spec(
+    path: str,
+    fmt: str,
+    text_field: str,
+    id_field: str | None,
+    skip_bad: bool = False,
+    fields: tuple[tuple[str, FieldCheck | None], ...] = (),
+    split: str | None = None,
+    keep: tuple[str, ...] = (),
+) -> InputSpec:
+    found = find_input_files(path, fmt, split)
+    spec = InputSpec(path, found.files, found.format, text_field, id_field, skip_bad, fields, keep)
+    if spec.read_fields() and spec.format == "text":
+        raise InputError(
+            f"{path}: a plain text file has no field {spec.read_fields()[0]!r}. "
+            "HINT: use JSONL, CSV or Parquet input with that column."
+        )
+    return spec
+
+
+def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
+    """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order.
+    Parquet and Arrow files and batches before the range are skipped by their row counts,
+    without decoding them."""
+    rows = rows if rows is not None else range(2**62)
+    first = 0  # the row of the file's first record: rows count on across files
+    for file in spec.files:
+        if first >= rows.stop:
+            return
+        if spec.format in COLUMNAR:
+            size = _num_rows(spec.format, file)
+            if first + size > rows.start:
+                skip = max(0, rows.start - first)
+                for offset, record in _columnar_records(spec, file, skip):
+                    if first + offset >= rows.stop:
+                        return
+                    yield make_row(spec, file, first + offset, f"row {offset}", record)
+            first += size
+            continue
+        index = first
+        for line, raw in _csv_records(file) if spec.format == "csv" else nonblank_lines(file):
+            if index >= rows.stop:
+                return
+            if index >= rows.start:
+                yield make_row(spec, file, index, line, raw)
+            index += 1
+        first = index
+
+
+def nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines as bytes, with 1-based line numbers; decoded per line so that one
+    undecodable line is one bad record, not an unreadable file."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            if reader.fieldnames is None:
+                raise InputError(f"{path}: the CSV file is empty (no header row).")
+            for record in reader:
+                yield reader.line_num, record
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"{path}: not valid UTF-8 after line {reader.line_num} ({e.reason}). "
+                "HINT: re-encode the file as UTF-8."
+            ) from None
+
+
+def _num_rows(fmt: str, path: Path) -> int:
+    """From the Parquet footer, or the Arrow stream's batch headers (memory-mapped: no data
+    is read)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(batch.num_rows for batch in _arrow_stream(path))
+
+
+def _arrow_stream(path: Path) -> Iterator[Any]:
+    """The record batches of an Arrow IPC stream file (what ``save_to_disk`` writes)."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def column_batches(spec: InputSpec, path: Path, skip: int = 0) -> Iterator[tuple[int, Any]]:
+    """The record batches of a Parquet or Arrow file that hold its rows from ``skip`` on, as
+    (row in the file of the batch's first row, batch of only the needed columns); batches
+    before them are skipped by their row counts, without decoding."""
+    columns = list(dict.fromkeys(c for c in (spec.text_field, spec.id_field) if c))
+    columns += [c for c in spec.read_fields() if c not in columns]
+    if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        groups, first = _row_groups_from(pf.metadata, skip)
+        batches = pf.iter_batches(batch_size=4096, row_groups=groups, columns=columns)
+        yield from _selected(path, pf.schema_arrow.names, columns, batches, first, skip)
+        return
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        yield from _selected(path, reader.schema.names, columns, reader, 0, skip)
+
+
+def _selected(
+    path: Path, names: list[str], columns: list[str], batches: Any, first: int, skip: int
+) -> Iterator[tuple[int, Any]]:
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise InputError(
+            f"{path}: no column {missing[0]!r}; columns present: {', '.join(names)}. "
+            "HINT: set data.text_field / data.id_field."
+        )
+    index = first
+    for batch in batches:
+        if index + batch.num_rows > skip:  # batches before the range are not decoded
+            yield index, batch.select(columns)
+        index += batch.num_rows
+
+
+def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, dict]]:
+    """The records of a Parquet or Arrow file from its ``skip``-th row on, as (row in the
+    file, record)."""
+    for start, batch in column_batches(spec, path, skip):
+        for offset, record in enumerate(batch.to_pylist()):
+            if start + offset >= skip:
+                yield start + offset, record
+
+
+def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
+    """The row groups from the one holding row ``skip`` on, and the first row of that group."""
+    first = 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        if first + rows > skip:
+            return list(range(group, metadata.num_row_groups)), first
+        first += rows
+    return [], first
+
+
+def make_row(spec: InputSpec, file: Path, index: int, where: int | str, raw: bytes | dict) -> Row:
+    at = f"{file}:{where}" if isinstance(where, int) else f"{file} ({where})"
+    record_id: Id | None = index if spec.id_field is None else None
+    try:
+        record = _parse(spec, at, raw)
+        if spec.format == "text":
+            return Row(index, index, _check_text(at, record), at=at)
+        record_id = _record_id(spec, at, index, record)
+        text = _record_text(spec, at, record)
+        return Row(index, record_id, text, fields=_record_fields(spec, file, at, record), at=at)
+    except InputError as e:
+        if not spec.skip_bad:
+            raise InputError(f"{e} {SKIP_HINT}") from None
+        return Row(index, record_id, "", error=str(e), at=at)
+
+
+def _parse(spec: InputSpec, at: str, raw: bytes | dict) -> str | dict:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{at}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})."
+        ) from None
+    if spec.format == "text":
+        return text.rstrip("\r\n")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{at}: malformed JSON ({e.msg} at column {e.colno}).") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{at}: expected a JSON object, got {type(record).__name__}.")
+    return record
+
+
+def _check_text(at: str, text: str) -> str:
+    if not text.strip():
+        raise InputError(f"{at}: the text is empty.")
+    return text
+
+
+def _record_text(spec: InputSpec, at: str, record: dict) -> str:
+    if None in record:  # csv.DictReader puts surplus cells under the key None
+        raise InputError(f"{at}: more cells than the header has columns.")
+    if spec.text_field not in record:
+        raise InputError(
+            f"{at}: no field {spec.text_field!r}; fields present: {', '.join(map(str, record))}. "
+            f"HINT: set data.text_field=<one of them>."
+        )
+    text = record[spec.text_field]
+    if not isinstance(text, str):
+        kind = "null" if text is None else type(text).__name__
+        if spec.format == "csv" and text is None:
+            raise InputError(f"{at}: fewer cells than the header; {spec.text_field!r} is missing.")
+        raise InputError(f"{at}: field {spec.text_field!r} is {kind}, expected a string.")
+    return _check_text(at, text)
+
+
+def _record_fields(spec: InputSpec, file: Path, at: str, record: dict) -> dict[str, Any] | None:
+    if not spec.fields and not spec.keep:
+        return None
+    fields = {}
+    for name, check in (*spec.fields, *((k, None) for k in spec.keep)):
+        if name in fields:  # kept and read by the task too: one value, the task's
+            continue
+        if name not in record:
+            raise InputError(
+                f"{at}: no field {name!r}; fields present: {', '.join(map(str, record))}."
+            )
+        try:
+            fields[name] = record[name] if check is None else check(record[name], file.parent)
+        except ValueError as e:
+            raise InputError(f"{at}: field {name!r}: {e}") from None
+    return fields
+
+
+def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
+    if spec.id_field is None:
+        return index
+    if spec.id_field not in record:
+        raise InputError(
+            f"{at}: no id field {spec.id_field!r}; fields present: {', '.join(map(str, record))}. "
+            f"HINT: set data.id_field=<one of them>, or leave it unset to use row numbers."
+        )
+    value = record[spec.id_field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise InputError(f"{at}: id field {spec.id_field!r} is {value!r}; ids must be str or int.")
+    return value
+
+
+class RowStream:
+    """One forward pass over the inputs for a rank's ascending windows of rows: each call reads
+    on from where the last stopped, so a rank reads the file once, not once per window."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self._rows: Iterator[Row] | None = None
+        self._next = 0
+
+    def read(self, rows: range) -> Iterator[Row]:
+        """The rows in ``rows``, which must start at or after the end of the previous call's."""
+        if self._rows is None or rows.start < self._next:
+            self._rows, self._next = read_rows(self.spec, range(rows.start, 2**62)), rows.start
+        for row in self._rows:
+            self._next = row.index + 1
+            if row.index >= rows.start:
+                yield row
+            if self._next >= rows.stop:
+                return

@@ -1,0 +1,288 @@
+"""Heartbeats and failure notices through the rendezvous store, so a dead rank never hangs a run.
+
+Ranks meet in no collective while they work, so nothing would notice a dead peer until the end.
+A daemon thread on each rank bumps a heartbeat counter in the store; rank 0 watches everyone's
+counters, the others watch rank 0's. A rank that fails posts its error; a rank silent for
+``dead_after_s`` is posted as dead by rank 0. Every rank watches one counter of posted failures
+and stops at its next batch; if the main thread is stuck (say, in a collective with the dead
+rank), the thread ends the process itself after a grace period. Store traffic stays O(world)
+per heartbeat on rank 0's side and O(1) on every other rank.
+
+A heartbeat proves the process is alive, not that it gets anywhere, so each rank also watches
+its own progress: the inference loop calls ``progress()`` after every batch, and a rank that
+finishes no batch for ``stall_after_s`` (default: 10 x its slowest batch, at least 10 minutes)
+reports itself as stalled. Ranks that finished and wait for the others give up when no rank has
+finished a batch for run.stall_after_s (unset: 3 x their own stall limit, as the others' batches
+may be slower). Heartbeats go on through the part transfer and the merge; a rank
+that is done says so (``leave``) so that its silence is not taken for death.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import torch.distributed as dist
+
+from ddpinfer.launch.env import LaunchEnv
+from ddpinfer.launch.process_group import connect_store
+from ddpinfer.launch.stopping import (
+    EXIT_PEER_FAILED,
+    EXIT_PREEMPTED,
+    EXIT_UNEXPECTED,
+    PeerFailed,
+    Preempted,
+    Stalled,
+)
+
+log = logging.getLogger(__name__)
+
+LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
+MIN_STALL_S, STALL_FACTOR, WAIT_FACTOR = 600.0, 10.0, 3.0
+
+
+class Liveness:
+    def __init__(
+        self,
+        env: LaunchEnv,
+        heartbeat_s: float,
+        dead_after_s: float,
+        stall_after_s: float | None = None,
+    ) -> None:
+        self.env = env
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.stall_after_s = stall_after_s
+        self.grace_s = max(2 * heartbeat_s, 5.0)
+        self.failure: str | None = None
+        self.failure_kind: str | None = None
+        self._failed_at = 0.0
+        self._own_failure = False
+        self._progress_at: float | None = None  # None: no batch expected (before/after the loop)
+        self._slowest = 0.0
+        self._batches = self._published = 0
+        self._stop = threading.Event()
+        # One store client per thread: the main thread posts and waits, the watcher polls.
+        self._store = self._connect()
+        self._watch_store = self._connect()
+        self._thread = threading.Thread(target=self._watch, name="ddpinfer-liveness", daemon=True)
+
+    def _connect(self) -> dist.Store:
+        timeout = datetime.timedelta(seconds=max(30.0, self.dead_after_s))
+        return connect_store(self.env, timeout, "liveness")
+
+    def start(self) -> Liveness:
+        self._store.add(f"hb/{self.env.rank}", 1)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.heartbeat_s + 5)
+
+    # -- progress --------------------------------------------------------------------------
+
+    def progress(self) -> None:
+        """A batch has finished (or the loop starts): restart this rank's stall clock."""
+        now = time.monotonic()
+        if self._progress_at is not None:
+            self._slowest = max(self._slowest, now - self._progress_at)
+            self._batches += 1
+        self._progress_at = now
+
+    def idle(self) -> None:
+        """No more batches on this rank: stop its stall clock."""
+        self._progress_at = None
+
+    def stall_limit(self) -> float:
+        if self.stall_after_s is not None:
+            return self.stall_after_s
+        return max(MIN_STALL_S, STALL_FACTOR * self._slowest)
+
+    def _wait_limit(self) -> float:
+        # A backstop: a stalled rank reports itself. Other ranks' batches may be slower than
+        # this rank's, so unless run.stall_after_s says how slow a batch may be, wait longer.
+        return self.stall_after_s or WAIT_FACTOR * self.stall_limit()
+
+    def leave(self) -> None:
+        """This rank is done: its heartbeats stop without it being taken for dead."""
+        try:
+            self._store.set(f"left/{self.env.rank}", "1")
+        except Exception as e:
+            log.debug("could not say this rank is done: %s", e)
+        self.stop()
+
+    # -- posting ---------------------------------------------------------------------------
+
+    def post_failure(
+        self,
+        message: str,
+        kind: str = "error",
+        rank: int | None = None,
+        store: dist.Store | None = None,
+    ) -> None:
+        """Tell every rank that ``rank`` (this one by default) failed; best effort. The watcher
+        thread passes its own store client."""
+        rank = self.env.rank if rank is None else rank
+        store = store or self._store
+        try:
+            index = store.add("failures", 1)
+            store.set(
+                f"failure/{index}", json.dumps({"rank": rank, "error": message, "kind": kind})
+            )
+        except Exception as e:  # the store may be gone with the rank that hosted it
+            log.warning("could not tell the other ranks about the failure: %s", e)
+
+    def check(self) -> None:
+        """Raise Stalled if this rank stalled, PeerFailed if another rank has failed."""
+        if self.failure is None:
+            return
+        if self._own_failure:
+            raise Stalled(self.failure)
+        raise PeerFailed(self.failure, preempted=self.failure_kind == "preempted")
+
+    def poll_failures(self) -> None:
+        """Read the failure notices now, from the calling thread (say, on a stop signal: the
+        torchrun agent stops the survivors of a failed rank with SIGTERM, and they must report
+        that rank, not a preemption)."""
+        try:
+            if self.failure is None:
+                self._read_failures(self._store)
+        except Exception as e:
+            log.debug("could not read failure notices: %s", e)
+
+    def wait_all_done(self, check_stop: Callable[[], None]) -> None:
+        """Block until every rank has finished its work; ``check_stop`` raises to stop waiting
+        (a stop signal, or a peer's failure). Gives up, naming the ranks not done, when no rank
+        has finished a batch for the stall limit."""
+        try:
+            self._store.set(f"done/{self.env.rank}", "1")
+            if self._store.add("done", 1) == self.env.world_size:
+                self._store.set("all_done", "1")
+            seen, seen_at, polled = -1, time.monotonic(), 0.0
+            while not self._store.check(["all_done"]):
+                check_stop()
+                now = time.monotonic()
+                if now - polled >= self.heartbeat_s:
+                    polled, count = now, self._store.add("progress", 0)
+                    if count != seen:
+                        seen, seen_at = count, now
+                    elif now - seen_at > self._wait_limit():
+                        self._raise_no_progress(now - seen_at)
+                        seen_at = now  # every rank turned out done: all_done comes next
+                time.sleep(0.2)
+        except (PeerFailed, Preempted):
+            raise
+        except Exception as e:  # the store went away with the rank or launcher hosting it
+            check_stop()
+            raise PeerFailed(
+                f"lost contact with the rendezvous store ({e}): {LOST_STORE}"
+            ) from None
+
+    def _raise_no_progress(self, silent_s: float) -> None:
+        waiting = [r for r in range(self.env.world_size) if not self._store.check([f"done/{r}"])]
+        if not waiting:
+            return
+        message = (
+            f"stalled: finished no batch for {silent_s:.0f}s while rank(s) "
+            f"{', '.join(map(str, waiting))} had work left; see logs/rank{waiting[0]}.log"
+        )
+        self.post_failure(message, kind="stalled", rank=waiting[0])
+        raise PeerFailed(f"rank {waiting[0]} {message}")
+
+    def linger(self) -> None:
+        """On rank 0 when it hosts the store: stay a moment after a failure, so the other ranks
+        read the failure notice itself rather than finding the store gone."""
+        if self.env.is_main and not self.env.store_hosted_by_agent:
+            time.sleep(min(2 * self.heartbeat_s + 0.5, 15.0))
+
+    # -- watching --------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        watched = range(self.env.world_size) if self.env.is_main else [0]
+        last = {r: (-1, time.monotonic()) for r in watched if r != self.env.rank}
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._watch_store.add(f"hb/{self.env.rank}", 1)
+                if self._batches != self._published:  # one store call per heartbeat, at most
+                    self._published = self._batches
+                    self._watch_store.add("progress", 1)
+                if self.failure is None:
+                    self._check_own_progress()
+                    self._read_failures(self._watch_store)
+                    self._check_heartbeats(last)
+            except Exception as e:
+                self._fail(
+                    f"lost contact with the rendezvous store ({e}): {LOST_STORE}",
+                    "error",
+                )
+            if self.failure is not None and time.monotonic() - self._failed_at > self.grace_s:
+                self._exit_stuck()
+
+    def _exit_stuck(self) -> None:
+        """The main thread did not stop by itself (stuck in a collective, a read, a deadlock):
+        end the process, with the same last line and exit code it would have given."""
+        why = f"{self.failure} (this rank did not stop by itself in {self.grace_s:.0f}s)"
+        log.error("stopping: %s", why)
+        if self._own_failure:
+            code, line = EXIT_UNEXPECTED, f"rank {self.env.rank}: {why}"
+        else:
+            preempted = self.failure_kind == "preempted"
+            code = EXIT_PREEMPTED if preempted else EXIT_PEER_FAILED
+            line = f"rank {self.env.rank}: stopping because {why}"
+        print(f"ddpinfer: {line}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(code)
+
+    def _check_own_progress(self) -> None:
+        started = self._progress_at
+        if started is None:
+            return
+        silent = time.monotonic() - started
+        if silent > self.stall_limit():
+            message = (
+                f"stalled: finished no batch for {silent:.0f}s (run.stall_after_s="
+                f"{self.stall_limit():.0f}; a hung filesystem read, a deadlock in the tokenizer "
+                f"or model?); see logs/rank{self.env.rank}.log"
+            )
+            self.post_failure(message, kind="stalled", store=self._watch_store)
+            self._own_failure = True
+            self._fail(f"rank {self.env.rank} {message}", "stalled")
+
+    def _read_failures(self, store: dist.Store) -> None:
+        if store.add("failures", 0) > 0:
+            info = json.loads(store.get("failure/1"))
+            if info["rank"] != self.env.rank:
+                kind = info.get("kind")
+                verb = {"stalled": "", "preempted": "was stopped: "}.get(kind, "failed: ")
+                self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
+
+    def _check_heartbeats(self, last: dict[int, tuple[int, float]]) -> None:
+        now = time.monotonic()
+        for rank, (count, seen_at) in last.items():
+            current = self._watch_store.add(f"hb/{rank}", 0)
+            if current != count:
+                last[rank] = (current, now)
+            elif now - seen_at > self.dead_after_s:
+                if self._watch_store.check([f"left/{rank}"]):  # done, not dead
+                    del last[rank]
+                    return
+                message = (
+                    f"stopped responding: no heartbeat for {now - seen_at:.0f}s (killed, "
+                    f"out of host memory, or its node is gone); see logs/rank{rank}.log"
+                )
+                if self.env.is_main:
+                    self.post_failure(message, rank=rank, store=self._watch_store)
+                self._fail(f"rank {rank} {message}", "error")
+                return
+
+    def _fail(self, message: str, kind: str | None) -> None:
+        if self.failure is None:
+            self.failure, self.failure_kind, self._failed_at = message, kind, time.monotonic()
+            log.error("%s", message)

@@ -1,0 +1,285 @@
+"""Everything that can be checked before heavy work, agreed on by all ranks.
+
+Each rank checks what it alone can see (its copy of the input file, the model folder, on rank 0
+the output folder); then rank 0 reads every input record once, hashing them, checks the run
+directory's fingerprint, and decides which work units are still to do, while one rank on every
+other node hashes its node's copy of the input. Ranks exchange the outcome in small collectives,
+so a bad setting stops every rank at once, each naming the rank that saw the problem, instead of
+leaving the others waiting on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ddpinfer.atomic import atomic_text
+from ddpinfer.config import Config
+from ddpinfer.errors import UserError
+from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
+from ddpinfer.inputs import readers as inputs
+from ddpinfer.inputs import scan as input_scan
+from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
+from ddpinfer.parts import finished_units, part_path, parts_dir
+from ddpinfer.plan import fingerprint, work_units
+from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
+from ddpinfer.plan.task_needs import check_keep_fields, check_model_path, input_fields, model_path
+
+log = logging.getLogger("ddpinfer")
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: inputs.InputSpec
+    units: list[range]
+    unit_size: int
+    pending: list[int]
+    """Units not finished by an earlier run, in order."""
+    bad_rows: dict[int, str]
+    """Rows not to run, with the reason (duplicate ids under data.on_error=skip)."""
+    output: Path
+    output_format: str
+    shares: list[bool]
+    """For each rank, whether it sees rank 0's run directory (else it sends its parts)."""
+    send_later: list[int]
+    """Units this rank's node finished in an earlier attempt, to send to rank 0 at the end."""
+
+
+def input_spec(cfg: Config) -> inputs.InputSpec:
+    return inputs.open_spec(
+        cfg.data.path or str(SAMPLE_DATA),
+        cfg.data.format,
+        cfg.data.text_field,
+        cfg.data.id_field,
+        skip_bad=cfg.data.on_error == "skip",
+        fields=input_fields(cfg),
+        split=cfg.data.split,
+        keep=tuple(cfg.output.keep_fields or ()),
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".ddpinfer-write-test-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"output folder {folder} is not writable ({e.strerror}). HINT: choose another "
+            "output.path, or fix the folder's permissions."
+        ) from None
+
+
+def _check_not_the_input(output: Path, spec: inputs.InputSpec) -> None:
+    source = Path(spec.source).expanduser()
+    for path in (*spec.files, source):  # any input file, or the folder that holds a dataset
+        same = output.resolve() == path.resolve()
+        if not same and output.exists() and path.exists():
+            same = os.path.samefile(output, path)  # a link to the input
+        if same:
+            where = "" if path == source else f"{path} of "
+            raise UserError(
+                f"output.path={output} is the input file {where}data.path={spec.source}: the "
+                "results would overwrite the inputs. HINT: choose another output.path."
+            )
+    if (
+        len(spec.files) > 1
+        and not source.exists()
+        and output.absolute().match(str(source.absolute()))
+    ):
+        raise UserError(
+            f"output.path={output} matches data.path={spec.source}: a re-run would read the "
+            "results as inputs. HINT: choose an output.path outside that pattern."
+        )
+
+
+def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs.InputSpec:
+    if fmt == "npy" and cfg.task.name != "embed":
+        raise UserError(
+            f"output.format=npy holds embeddings, but task={cfg.task.name}. "
+            "HINT: use output.format=jsonl or parquet (or an output.path ending in one of those)."
+        )
+    spec = input_spec(cfg)
+    check_keep_fields(cfg)
+    check_model_path(model_path(cfg))
+    if env.is_main:
+        _check_not_the_input(output, spec)
+        _check_writable(output.parent)
+    return spec
+
+
+def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
+    """Discard earlier work under run.fresh=true on a job's first attempt; True if it did."""
+    if not fresh:
+        return False
+    if not env.is_first_attempt:  # a restart or requeue must resume the work it started fresh
+        log.info(
+            "run.fresh=true applies to a job's first attempt only; this is a later one "
+            "(torchrun restart %d, SLURM requeue %d): resuming",
+            env.restart_count,
+            env.requeue_count,
+        )
+        return False
+    log.info("run.fresh=true: discarding earlier work in %s", run_dir)
+    shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
+    (run_dir / fingerprint.FINGERPRINT).unlink(missing_ok=True)
+    return True
+
+
+def _reconcile(run_dir: Path, new: dict) -> bool:
+    """Check the stored fingerprint against this run's and store this run's; drop the parts of
+    units whose rows changed. True if an earlier run left a fingerprint."""
+    stored = fingerprint.load(run_dir)
+    done = finished_units(run_dir)
+    if stored is None and done:
+        raise fingerprint.refuse_parts_without_fingerprint(run_dir, len(done))
+    stale = []
+    if stored is not None:
+        stale = sorted(set(fingerprint.changed_units(run_dir, stored, new)) & done)
+    if stale:
+        log.warning(
+            "the input rows of %d finished work unit(s) changed since they were computed; "
+            "recomputing them: unit(s) %s",
+            len(stale),
+            ", ".join(map(str, stale[:20])) + (" ..." if len(stale) > 20 else ""),
+        )
+        for unit in stale:  # before the new fingerprint: a crash in between loses nothing
+            part_path(run_dir, unit).unlink(missing_ok=True)
+    fingerprint.store(run_dir, new)
+    return stored is not None
+
+
+def _plan_on_main(
+    cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
+) -> dict:
+    started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
+    # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
+    # follows from the row count (automatic sizes are multiples of it).
+    scan = input_scan.scan(spec, cfg.data.unit_size or input_scan.BLOCK_ROWS)
+    if spec.skip_bad:
+        check_bad_share(scan, cfg.data.max_bad, spec.source)
+    unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
+    new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
+    resumed = _reconcile(run_dir, new)
+    with atomic_text(run_dir / "config.yaml") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    units = work_units.plan_units(scan.num_rows, unit_size)
+    done = finished_units(run_dir)
+    pending = [i for i in range(len(units)) if i not in done]
+    if scan.bad_rows:
+        log.warning(
+            "%d bad input(s) will be skipped and recorded in %s",
+            scan.bad_rows,
+            run_dir / "errors.jsonl",
+        )
+    if resumed:
+        log.info(
+            "resuming: %d of %d work unit(s) already done by an earlier run, %d to do",
+            len(units) - len(pending),
+            len(units),
+            len(pending),
+        )
+    return {
+        "num_rows": scan.num_rows,
+        "unit_size": unit_size,
+        "pending": pending,
+        "bad_rows": scan.duplicates,
+        "inputs_digest": scan.digest,
+        # for nodes without rank 0's run directory, to check the parts they hold against
+        "fingerprint": new if remote_nodes else None,
+        "started_fresh": started_fresh,
+    }
+
+
+def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:
+    """One rank per node other than rank 0's checks its node's copy of the input (skipped when
+    output.shared_fs=true says every node reads the same file)."""
+    return not env.is_main and env.local_rank == 0 and env.node_rank != 0 and shared_fs != "true"
+
+
+def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) -> None:
+    if mine != rank0s:
+        raise inputs.InputError(
+            f"data.path={spec.source} on {env.host} (node {env.node_rank}) holds other inputs "
+            f"than rank 0's copy (content digest {mine} here, {rank0s} on rank 0), so ranks "
+            "would compute from different data. HINT: copy the same input file(s) to every "
+            "node, or put them on a filesystem they all share."
+        )
+
+
+def preflight(
+    cfg: Config,
+    env: LaunchEnv,
+    group: ProcessGroup,
+    run_dir: Path,
+    output: Path,
+    output_format: str,
+) -> Plan:
+    spec = agreed(group, lambda: _local_checks(cfg, env, output, output_format))
+    shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+
+    def plan_or_digest() -> dict | str | None:
+        if env.is_main:
+            return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
+        return input_scan.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
+
+    mine = agreed(group, plan_or_digest)
+    plan = group.broadcast_object(mine if env.is_main else None)
+    if env.is_distributed:
+        digest = plan["inputs_digest"]
+        own = mine if isinstance(mine, str) else None
+        agreed(group, lambda: _check_copy(spec, env, own, digest) if own else None)
+    pending, send_later = plan["pending"], []
+    if not all(shares):
+        pending, send_later = _take_held_units(env, group, run_dir, shares, plan)
+    units = work_units.plan_units(plan["num_rows"], plan["unit_size"])
+    log.info(
+        "%d input(s) in %d work unit(s) of up to %d; %d unit(s) to run on %d rank(s)",
+        plan["num_rows"],
+        len(units),
+        plan["unit_size"],
+        len(pending),
+        env.world_size,
+    )
+    return Plan(
+        spec,
+        units,
+        plan["unit_size"],
+        pending,
+        plan["bad_rows"],
+        output,
+        output_format,
+        shares,
+        send_later,
+    )
+
+
+def _take_held_units(
+    env: LaunchEnv, group: ProcessGroup, run_dir: Path, shares: list[bool], plan: dict
+) -> tuple[list[int], list[int]]:
+    """Units finished on nodes without rank 0's run directory in an earlier attempt (checked
+    there against rank 0's fingerprint) are not recomputed: the node sends them at the end.
+    Returns the units still to compute, and those this rank sends."""
+    checks_node = not shares[env.rank] and env.local_rank == 0
+    held = (
+        reconcile_held_parts(run_dir, plan["fingerprint"], plan["started_fresh"])
+        if checks_node
+        else None
+    )
+    senders = assign_held_parts(plan["pending"], group.all_gather_object(held))
+    for rank, units in senders.items() if env.is_main else ():
+        log.info(
+            "rank %d's node holds %d finished unit(s) from an earlier attempt: sent at the "
+            "end, not recomputed",
+            rank,
+            len(units),
+        )
+    taken = {unit for units in senders.values() for unit in units}
+    return [u for u in plan["pending"] if u not in taken], senders.get(env.rank, [])

