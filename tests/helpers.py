@@ -233,6 +233,19 @@ def resumable_job(tmp_path: Path, model: Path, rows: int) -> list[str]:
     ]
 
 
+def small_units(data: Path, out: Path, runs: Path) -> list[str]:
+    """Arguments for a run of ``data`` (ids in ``uid``) in units of 3 and batches of 4, so that
+    a few texts make several units per rank: its output and run root."""
+    return [
+        f"data.path={data}",
+        "data.id_field=uid",
+        f"output.path={out}",
+        f"run.root={runs}",
+        "data.unit_size=3",
+        "batch_size=4",
+    ]
+
+
 def job_parts(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
 

@@ -4,7 +4,17 @@ task keys passed through, and errors in the user's code recorded like a model's.
 import json
 
 import pytest
-from helpers import REPO, TEXTS, check, launch, read_jsonl, write_jsonl
+from helpers import (
+    REPO,
+    TEXTS,
+    check,
+    launch,
+    read_jsonl,
+    run_in_process,
+    small_units,
+    write_jsonl,
+    write_records,
+)
 
 from ddpinfer.compute.tasks.custom import CustomTask, CustomTaskError, load_class
 from ddpinfer.config import CustomTaskConfig
@@ -43,12 +53,7 @@ def test_example_runs_on_two_ranks_with_extra_keys_and_a_failing_input(tmp_path)
         f"task.target={EXAMPLE}",
         "+task.lowercase=true",
         "+task.fail_on=france",
-        f"data.path={data}",
-        "data.id_field=uid",
-        f"output.path={out}",
-        f"run.root={tmp_path / 'runs'}",
-        "data.unit_size=3",
-        "batch_size=4",
+        *small_units(data, out, tmp_path / "runs"),
     ]
     result = check(launch(args, nproc=2, cwd=REPO))  # the module is found from the repo root
     records = read_jsonl(out)
@@ -65,3 +70,21 @@ def test_example_runs_on_two_ranks_with_extra_keys_and_a_failing_input(tmp_path)
     # the extra keys are part of the fingerprint: other settings never mix with finished work
     changed = launch([*args[:2], "+task.lowercase=false", *args[3:]], nproc=2, cwd=REPO)
     assert changed.returncode != 0 and "task.lowercase: True -> False" in changed.stderr
+
+
+def test_a_kept_field_the_class_returns_itself_is_refused_before_any_work(tmp_path):
+    records = [
+        {"uid": f"doc-{i}", "text": t, "words": "an input field"} for i, t in enumerate(TEXTS)
+    ]
+    data = write_records(tmp_path / "in.jsonl", records)
+    args = [
+        "task=custom",
+        f"task.target={EXAMPLE}",
+        *small_units(data, tmp_path / "counts.jsonl", tmp_path / "runs"),
+        "output.keep_fields=[words]",  # WordCountTask returns "words" itself
+    ]
+    with pytest.raises(
+        CustomTaskError, match=r"keep_fields names 'words', a key .* returns itself"
+    ):
+        run_in_process(args, cwd=REPO)
+    assert not list((tmp_path / "runs").glob("*/parts/*.arrow"))  # no unit ran

@@ -67,7 +67,7 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
     assert_complete(tmp_path, N)
 
 
-def test_fresh_applies_to_the_first_attempt_only(job):
+def test_a_torchrun_restart_resumes_and_fresh_applies_to_the_first_attempt_only(job):
     tmp_path, args = job
     cmd = torchrun_cmd(
         [

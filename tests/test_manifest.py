@@ -5,7 +5,7 @@ import hashlib
 import json
 
 import pytest
-from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
+from helpers import TEXTS, check, launch, read_jsonl, small_units, write_jsonl
 
 from ddpinfer.results import summary
 from ddpinfer.results.manifest import append_attempt, model_identity, output_checksum
@@ -46,15 +46,7 @@ def test_append_attempt_and_checksums(tmp_path):
 def test_manifest_agrees_with_the_output_and_grows_on_resume(tmp_path, bert_embedder):
     data = write_jsonl(tmp_path / "in.jsonl", TEXTS)
     out = tmp_path / "out.jsonl"
-    args = [
-        f"model.path={bert_embedder}",
-        f"data.path={data}",
-        "data.id_field=uid",
-        f"output.path={out}",
-        f"run.root={tmp_path / 'runs'}",
-        "data.unit_size=3",
-        "batch_size=4",
-    ]
+    args = [f"model.path={bert_embedder}", *small_units(data, out, tmp_path / "runs")]
     result = check(launch(args, nproc=2, cwd=tmp_path))
     assert "summary (this attempt)" in result.stderr
     assert [line.split()[:2] for line in result.stderr.splitlines() if line.startswith(" all")] == [

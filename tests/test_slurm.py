@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from helpers import REPO, TEXTS, read_jsonl, run_in_process, subprocess_env, write_jsonl
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# xdist_group: every SLURM test on one worker (they share the local cluster and its two nodes)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/ddpinfer-slurm"))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from ddpinfer import faults
 from ddpinfer.compute import Throughput, build_task, run_units
+from ddpinfer.compute.tasks.custom import CustomTask, check_kept_fields
 from ddpinfer.config import Config, to_config
 from ddpinfer.errors import UserError
 from ddpinfer.launch import (
@@ -156,6 +157,9 @@ def _run(
     plan = preflight(cfg, env, group, run_dir, output, fmt)
     clock.lap("preflight")
     task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
+    if isinstance(task, CustomTask):  # its columns are known once it runs: try one input
+        keep = plan.spec.keep
+        agreed(group, lambda: check_kept_fields(task, keep, plan.spec) if env.is_main else None)
     clock.lap("model_load")
     started = time.perf_counter()
     before_batch = check_stop

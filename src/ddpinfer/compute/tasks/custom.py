@@ -29,7 +29,8 @@ import torch
 from ddpinfer.compute.tasks.base import Task
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import Row
+from ddpinfer.inputs import InputSpec, Row
+from ddpinfer.inputs.readers import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def load_class(target: str) -> type:
 class CustomTask(Task):
     """Texts in, the user's per-row dicts out; texts travel through collate as they are."""
 
-    def __init__(self, user: Any, device: torch.device) -> None:
+    def __init__(self, user: Any, device: torch.device, target: str = "") -> None:
         self.user = user
+        self.target = target
         self.device = device
         self.model = getattr(user, "model", None)
         self.tokenizer = None
@@ -120,6 +122,34 @@ class CustomTask(Task):
         return records
 
 
+PROBE_ROWS = 16
+"""How many of the first input rows ``check_kept_fields`` tries before giving up on a probe."""
+
+
+def check_kept_fields(task: CustomTask, keep: Sequence[str], spec: InputSpec) -> None:
+    """Before any work: run the class on the first input it accepts and refuse output.keep_fields
+    that name one of the keys it returns (the output would hold two columns of one name). An
+    input that makes the class raise is passed over: it is recorded as an error later, as ever."""
+    if not keep:
+        return
+    for row in read_rows(spec, range(PROBE_ROWS)):
+        if row.error is not None:
+            continue
+        try:
+            records = task(task.collate(task.prepare([row])), [row.index])
+        except Exception as e:
+            log.debug("keep_fields probe: row %d raised %s", row.index, e)
+            continue
+        clash = [name for name in keep if name in records[0]]
+        if clash:
+            raise CustomTaskError(
+                f"output.keep_fields names {clash[0]!r}, a key task.target={task.target} "
+                f"returns itself ({', '.join(records[0])}). HINT: keep other fields, or rename "
+                "that input field."
+            )
+        return
+
+
 def build(cfg: Config, model_path: str, device: torch.device) -> CustomTask:
     cls = load_class(cfg.task.target)
     try:
@@ -134,4 +164,4 @@ def build(cfg: Config, model_path: str, device: torch.device) -> CustomTask:
         raise CustomTaskError(
             f"task.target={cfg.task.target}: {cls.__name__} has no __call__(texts, rows)"
         )
-    return CustomTask(user, device)
+    return CustomTask(user, device, cfg.task.target)
