@@ -19,6 +19,7 @@ from helpers import (
 from ddpinfer.compute.tasks.custom import CustomTask, CustomTaskError, load_class
 from ddpinfer.config import CustomTaskConfig
 from ddpinfer.inputs.readers import Row
+from ddpinfer.plan.fingerprint import FingerprintMismatch
 
 EXAMPLE = "examples.word_count_task:WordCountTask"
 
@@ -88,3 +89,22 @@ def test_a_kept_field_the_class_returns_itself_is_refused_before_any_work(tmp_pa
     ):
         run_in_process(args, cwd=REPO)
     assert not list((tmp_path / "runs").glob("*/parts/*.arrow"))  # no unit ran
+
+
+@pytest.mark.slow
+def test_the_class_code_is_part_of_the_fingerprint(tmp_path):
+    source = (REPO / "examples" / "word_count_task.py").read_text()
+    (tmp_path / "my_task.py").write_text(source)
+    data = write_jsonl(tmp_path / "in.jsonl", TEXTS)
+    args = [
+        "task=custom",
+        "task.target=my_task.py:WordCountTask",
+        *small_units(data, tmp_path / "counts.jsonl", tmp_path / "runs"),
+    ]
+    check(launch(args, nproc=2, cwd=tmp_path))
+    # The class now returns other values: the finished units are not its results.
+    (tmp_path / "my_task.py").write_text(source.replace('"words": len(words)', '"words": -1'))
+    with pytest.raises(FingerprintMismatch, match=r"task.source: '\w+' -> '\w+'"):
+        run_in_process(args, cwd=tmp_path)
+    run_in_process([*args, "run.fresh=true"], cwd=tmp_path)
+    assert {r["words"] for r in read_jsonl(tmp_path / "counts.jsonl")} == {-1}

@@ -217,7 +217,7 @@ def test_an_edited_shard_changes_the_digests_of_its_rows_only(tmp_path):
 def test_output_is_refused_when_it_is_an_input_file_the_dataset_or_matches_the_glob(tmp_path):
     from ddpinfer.errors import UserError
     from ddpinfer.plan.fingerprint import _input_paths
-    from ddpinfer.plan.preflight import _check_not_the_input
+    from ddpinfer.plan.outputs import _check_not_the_input
 
     spec = open_spec(write_shards(tmp_path), "auto", "text", "uid")
     for output in ("shards/b.jsonl", "shards/out.jsonl"):

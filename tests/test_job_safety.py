@@ -1,7 +1,10 @@
 """Jobs that cannot collide, waits with a deadline, exit codes that tell the truth (issue 8,
 cases 4, 5, 7, 8 and 9). Real processes on CPU: plain ranks, torchrun, two torchrun "nodes"."""
 
+import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +21,7 @@ from helpers import (
     run_in_process,
     start,
     start_ranks,
+    subprocess_env,
     torchrun_cmd,
     two_node_rendezvous,
     wait_all,
@@ -67,6 +71,55 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
     assert_complete(tmp_path, N)
 
 
+def static_torchrun(args: list[str], port: int) -> list[str]:
+    """torchrun with a static rendezvous on ``port``: its run id is "none", as for every job
+    started that way."""
+    static = ["--rdzv-backend=static", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    return torchrun_cmd(args, 1, *static)
+
+
+def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_stops_at_once(job):
+    tmp_path, args = job
+    first = subprocess.Popen(
+        static_torchrun([*args, "fault.delay_s=1", "batch.sort_rows=4"], free_port()),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(job_parts(tmp_path)) >= 1)
+        # the same command with another --master_port: the same run id "none", another job
+        second = launch_cmd(static_torchrun(args, free_port()), tmp_path)
+        assert "error: run directory runs/job is in use by pid" in second.stderr, second.stderr
+        # another PID namespace on this host (a container with host networking): the first
+        # job's pid is missing there, which says nothing about it
+        plain = [sys.executable, str(LAUNCHER), *args]
+        third = launch_cmd(["unshare", "--pid", "--fork", "--mount-proc", *plain], tmp_path)
+        assert third.returncode == 2 and "is in use by pid" in third.stderr, third.stderr
+        assert first.poll() is None  # still running, and still the lock's owner
+        # Taken over, as a job frozen past run.dead_after_s would find: it stops at once.
+        lock = tmp_path / "runs" / "job" / "run.lock"
+        taken = {**json.loads(lock.read_text()), "token": "another-job", "job": "later"}
+        lock.write_text(json.dumps(taken))
+        held = set(job_parts(tmp_path))
+        assert first.wait(timeout=60) != 0
+        log = (tmp_path / "first.log").read_text()
+        assert "was taken over by job later" in log and "writes nothing more" in log, log
+        assert set(job_parts(tmp_path)) <= held  # not one more part after it was taken
+        assert json.loads(lock.read_text())["token"] == "another-job"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+
+
+def launch_cmd(cmd: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+
+
 def test_a_torchrun_restart_resumes_and_fresh_applies_to_the_first_attempt_only(job):
     tmp_path, args = job
     cmd = torchrun_cmd(
@@ -96,6 +149,7 @@ def test_a_rank_that_makes_no_progress_is_reported_as_stalled(job):
     tmp_path, args = job
     began = time.monotonic()
     hang = ["run.stall_after_s=3", "fault.rank=1", "fault.kind=hang", "fault.at_unit=1"]
+    hang += ["fault.slow_rank=0", "fault.delay_s=0.5"]  # rank 1 surely reaches its 2nd unit
     procs = start_ranks([*args, *FAST_LIVENESS, *hang], 2, tmp_path)
     try:
         codes = wait_all(procs, timeout=90)
@@ -144,7 +198,7 @@ def test_waiting_for_the_others_has_a_deadline(tmp_path):
 
 def test_survivors_of_a_failed_rank_name_it_not_a_preemption(job):
     tmp_path, args = job
-    fault = ["fault.rank=1", "fault.at_unit=1", "fault.delay_s=0.3"]
+    fault = ["fault.rank=1", "fault.at_unit=0", "fault.delay_s=0.5"]  # its very first unit
     result = launch([*args, *fault], nproc=3, cwd=tmp_path)
     out = result.stderr + result.stdout
     assert result.returncode != 0, out

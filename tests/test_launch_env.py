@@ -170,3 +170,15 @@ def test_a_requeued_job_is_not_a_first_attempt_under_any_launcher():
 )
 def test_the_attempt_counts_torchrun_restarts_and_slurm_requeues(environ, attempt):
     assert detect(environ).attempt == attempt
+
+
+def test_the_job_key_is_one_no_other_live_job_shares():
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}
+    # torchrun --master_port (static rendezvous) and c10d without --rdzv-id: every job is "none"
+    assert detect({**torchrun, "TORCHELASTIC_RUN_ID": "none"}).job_key is None
+    assert detect(torchrun).job_key is None
+    # two srun steps of one allocation run side by side: the step tells them apart
+    steps = [detect({**SRUN, "SLURM_JOB_ID": "9", "SLURM_STEP_ID": s}).job_key for s in "01"]
+    assert steps == ["9.0", "9.1"]
+    in_step = {**torchrun, "SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0", "TORCHELASTIC_RUN_ID": "x"}
+    assert detect(in_step).job_key == "9.0"  # torchrun inside an srun step: the step's

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ddpinfer.parts import build_table, finished_units, part_path, read_part, write_part
-from ddpinfer.results.merge import MergeError, ids_path, merge_parts
+from ddpinfer.plan import ids_path
+from ddpinfer.results.merge import MergeError, merge_parts
 
 
 def write_units(run_dir, units, skip=(), ids=lambda r: f"id{r}", errors=()):

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import TEXTS, read_jsonl, run_in_process, split_jsonl, write_jsonl
+from helpers import TEXTS, check, launch, read_jsonl, run_in_process, split_jsonl, write_jsonl
 
 from ddpinfer.errors import UserError
 from ddpinfer.inputs.bad_records import TooManyBadInputs, max_bad_rows
@@ -224,3 +224,46 @@ def test_a_glob_with_an_edited_shard_recomputes_its_unit_and_other_keep_fields_a
     assert read_jsonl(tmp_path / "out.jsonl")[5]["uid"] == "doc-5b"
     with pytest.raises(FingerprintMismatch, match=r"output: \{'keep_fields': \['uid'\]\} -> None"):
         run_in_process(overrides[:-1])
+
+
+@pytest.mark.slow
+def test_a_repeat_made_or_mended_by_an_edit_elsewhere_is_recomputed(tmp_path, bert_embedder):
+    data = write_jsonl(tmp_path / "in.jsonl", texts())
+    original = data.read_text()
+    skip = args(tmp_path, bert_embedder, "data.on_error=skip", "data.max_bad=2")
+    run_in_process(skip)
+    # Row 1 takes row 9's id: row 9 (unit 2, its own record unchanged) is now the repeat.
+    records = [json.loads(line) for line in original.splitlines()]
+    records[1]["uid"] = "doc-9"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    check(launch(skip, nproc=2, cwd=tmp_path))
+    ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert ids == ["doc-0", "doc-9", *(f"doc-{i}" for i in range(2, 12) if i != 9)]
+    errors = read_jsonl(tmp_path / "run" / "errors.jsonl")
+    assert [(e["row"], e["id"]) for e in errors] == [(9, "doc-9")]
+    assert "duplicate id 'doc-9' (row 9), first at row 1" in errors[0]["error"]
+    # Mended: row 9 is no repeat any more, and runs.
+    data.write_text(original)
+    run_in_process(skip)
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(12)]
+    assert read_jsonl(tmp_path / "run" / "errors.jsonl") == []
+
+
+def test_a_part_cut_short_is_recomputed_and_dead_writers_temporaries_are_swept(
+    tmp_path, bert_embedder
+):
+    write_jsonl(tmp_path / "in.jsonl", texts())
+    run_in_process(args(tmp_path, bert_embedder))
+    reference = read_jsonl(tmp_path / "out.jsonl")
+    part = tmp_path / "run" / "parts" / "unit-000001.arrow"
+    part.write_bytes(part.read_bytes()[:200])  # a disk that filled, a copy cut short
+    leftovers = [
+        tmp_path / "run" / "parts" / f".unit-000002.arrow.tmp-{'a' * 32}",
+        tmp_path / f".out.jsonl.tmp-{'b' * 32}",  # beside output.path
+    ]
+    for path in leftovers:
+        path.write_text("left by a writer that died")
+    run_in_process(args(tmp_path, bert_embedder))
+    assert "cannot be read (cut short?): recomputing unit(s) 1" in rank0_log(tmp_path)
+    assert read_jsonl(tmp_path / "out.jsonl") == reference
+    assert not any(p.exists() for p in leftovers)

@@ -1,20 +1,37 @@
-"""One job per run directory (issue 8, case 4): the lock file, its take-over rules, and unique
-temporary names. Unit tests here; two real jobs on one directory in test_job_safety.py."""
+"""One job per run directory: the lock file, its take-over rules, the fence that stops a job
+that lost it, and unique temporary names. Unit tests here; two real jobs on one directory in
+test_job_safety.py."""
 
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from ddpinfer.atomic import atomic_path
-from ddpinfer.launch.run_lock import LOCK_NAME, RunDirLocked, RunLock
+from ddpinfer.launch.run_lock import (
+    LOCK_NAME,
+    LockFence,
+    LostRunLock,
+    Owner,
+    RunDirLocked,
+    RunLock,
+)
 
 
-def lock(run_dir, job="job-2", host="here", stale_after_s=60.0):
-    return RunLock(run_dir, job, host, heartbeat_s=0.1, stale_after_s=stale_after_s)
+def lock(run_dir, job="job-2", host="here", stale_after_s=60.0, attempt=0):
+    return RunLock(
+        run_dir, job, host, heartbeat_s=0.1, stale_after_s=stale_after_s, attempt=attempt
+    )
+
+
+def here():
+    """What a lock taken in this host's boot and PID namespace records besides its pid."""
+    mine = lock(Path(".")).owner
+    return {"host": "here", "boot_id": mine.boot_id, "pid_ns": mine.pid_ns}
 
 
 def write_lock(run_dir, **fields):
@@ -45,14 +62,24 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     ).stdout
-    write_lock(tmp_path, host="here", pid=int(dead))
+    write_lock(tmp_path, pid=int(dead), **here())
     taken = lock(tmp_path).acquire()
     assert "no longer runs" in taken.took_over
     taken.release()
 
 
 def test_a_live_process_on_this_host_keeps_its_lock(tmp_path):
-    write_lock(tmp_path, host="here", pid=os.getpid())
+    write_lock(tmp_path, pid=os.getpid(), **here())
+    with pytest.raises(RunDirLocked, match="job job-1"):
+        lock(tmp_path).acquire()
+
+
+def test_a_missing_pid_of_another_pid_namespace_says_nothing(tmp_path):
+    # A container with host networking: same host name, its own PIDs. Only the heartbeat counts.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout
+    write_lock(tmp_path, pid=int(dead), **{**here(), "pid_ns": "pid:[1]"})
     with pytest.raises(RunDirLocked, match="job job-1"):
         lock(tmp_path).acquire()
 
@@ -64,9 +91,30 @@ def test_a_lock_with_a_stale_heartbeat_is_taken_over(tmp_path):
     taken.release()
 
 
-def test_an_earlier_attempt_of_the_same_job_is_taken_over(tmp_path):
-    write_lock(tmp_path, job="job-2")  # fresh, elsewhere: a requeued job on another node
-    lock(tmp_path, job="job-2").acquire().release()
+def test_an_earlier_attempt_of_the_same_job_is_taken_over_not_a_twin(tmp_path):
+    # fresh, elsewhere: the first attempt of a job now requeued on another node
+    write_lock(tmp_path, job="job-2", attempt=0)
+    with pytest.raises(RunDirLocked):  # the same key and attempt: another live job (two sruns)
+        lock(tmp_path, job="job-2", attempt=0).acquire()
+    taken = lock(tmp_path, job="job-2", attempt=1).acquire()
+    assert "earlier attempt of this job" in taken.took_over
+    taken.release()
+
+
+def test_a_job_whose_lock_is_taken_over_stops_and_its_fence_refuses_writes(tmp_path):
+    held = lock(tmp_path).acquire()
+    fence = LockFence(tmp_path / LOCK_NAME, held.token)
+    fence.check()
+    write_lock(tmp_path, token="someone-else", job="job-9")  # taken over while this job froze
+    with pytest.raises(LostRunLock, match="taken over by job job-9"):
+        fence.check()
+    deadline = time.monotonic() + 5
+    while held.lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(LostRunLock, match="writes nothing more"):
+        held.check()
+    held.release()
+    assert Owner.read(tmp_path / LOCK_NAME).token == "someone-else"  # not ours to remove
 
 
 def test_temporary_names_are_unique_in_one_process(tmp_path):

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{32}$")
+"""The names ``atomic_path`` and ``atomic_dir`` give their temporaries."""
+
+
+def sweep_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporaries a writer that died left in ``folder`` and the folders below it
+    (only those of ``name`` when given: ``folder`` is not all ours). Call it only while no other
+    writer can be at work there: under the run directory's lock. Returns what was deleted."""
+    found = folder.glob(f".{name}.*") if name else folder.rglob(".*")
+    swept = []
+    for path in found:
+        if not TEMPORARY.match(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        swept.append(path)
+    return swept
 
 
 @contextlib.contextmanager

@@ -123,10 +123,36 @@ def write_part(run_dir: Path, unit: int, table: pa.Table) -> Path:
 
 def read_part(path: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The part's table (memory-mapped, not copied) and its error records."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(
+            f"{path}: cannot read this part file ({type(e).__name__}: {e}). HINT: delete it and "
+            "run the same command again: its unit is recomputed."
+        ) from None
     meta = table.schema.metadata or {}
     return table, json.loads(meta.get(ERRORS_KEY, b"[]"))
+
+
+def readable(path: Path) -> bool:
+    """Whether a part file opens (its footer and schema read; no data): a part cut short by a
+    disk that filled, or by a filesystem without atomic renames, does not."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            pa.ipc.open_file(source).schema  # noqa: B018
+        return True
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def drop_unreadable_parts(run_dir: Path) -> list[int]:
+    """Delete the part files that do not open (their units are then recomputed); returns their
+    units."""
+    dropped = [u for u in sorted(finished_units(run_dir)) if not readable(part_path(run_dir, u))]
+    for unit in dropped:
+        part_path(run_dir, unit).unlink(missing_ok=True)
+    return dropped
 
 
 def finished_units(run_dir: Path) -> set[int]:

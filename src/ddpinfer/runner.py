@@ -24,7 +24,9 @@ from ddpinfer.errors import UserError
 from ddpinfer.launch import (
     Liveness,
     ProcessGroup,
+    Watch,
     agreed,
+    is_collective_failure,
     pin_device,
     resolve_device,
     resolve_run_dir,
@@ -45,14 +47,13 @@ from ddpinfer.launch.stopping import (
     end_sweep_job,
     in_hydra_sweep,
 )
-from ddpinfer.plan import Plan, model_path, preflight
+from ddpinfer.plan import Plan, model_path, preflight, record_written
 from ddpinfer.results import (
     MergeSummary,
     Progress,
     collect_parts,
     manifest,
     merge_parts,
-    output_format,
     save_merge_stats,
     save_rank_stats,
     summary,
@@ -80,6 +81,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     group = ProcessGroup(env, device, cfg.run.timeout_s)
     # Rank 0 locks the run directory before any rank writes to it (its log file included).
     lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
+    watch = Watch(signals, lock, group.broadcast_object(lock and lock.token), run_dir)
     try:
         setup_logging(run_dir, env.rank, env.is_main, cfg.log.level)
         log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
@@ -87,7 +89,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
             log.warning("%s", lock.took_over)
         if device.type == "cpu":
             set_cpu_threads(cfg.cpu_threads, env.local_world_size)
-        result = _run_watched(cfg, env, device, run_dir, group, signals, clock)
+        result = _run_watched(cfg, env, device, run_dir, group, watch, clock)
     finally:
         if lock is not None:
             lock.release()
@@ -101,111 +103,104 @@ def _run_watched(
     device: torch.device,
     run_dir: Path,
     group: ProcessGroup,
-    signals: StopSignals,
+    watch: Watch,
     clock: manifest.Stopwatch,
 ) -> RunResult:
-    """Run with heartbeats, progress and failure notices between ranks (when there are several)."""
-    liveness = None
+    """Run with heartbeats, progress and failure notices between ranks (when there are several).
+    A failure is posted for the others; a collective that failed is blamed on the rank that
+    closed it or never came, not on this one."""
     if env.is_distributed:
         run_cfg = cfg.run
-        liveness = Liveness(
+        watch.liveness = Liveness(
             env, run_cfg.heartbeat_s, run_cfg.dead_after_s, run_cfg.stall_after_s
         ).start()
-
-    def check_stop() -> None:
-        if liveness is not None:
-            if signals.received:  # torchrun's agent stops the others when a rank fails
-                liveness.poll_failures()
-                if liveness.failure_kind == "preempted":  # a signal to all: a preemption
-                    signals.check()
-            liveness.check()
-        signals.check()
-
+    liveness = watch.liveness
     try:
-        result = _run(cfg, env, device, run_dir, group, liveness, check_stop, clock)
+        return _run(cfg, env, device, run_dir, group, watch, clock)
     except BaseException as e:
-        if liveness is not None:
-            if not isinstance(e, (PeerFailed, Stalled)):
-                # SystemExit: a launcher plugin ends the job to requeue it (submitit on its
-                # time-limit signal), so the other ranks stop as preempted, not as failed.
-                kind = "preempted" if isinstance(e, (Preempted, SystemExit)) else "error"
-                liveness.post_failure(f"{type(e).__name__}: {e}", kind)
-            liveness.linger()
-        raise
+        if liveness is None:
+            raise
+        error = (liveness.explain(e) if is_collective_failure(e) else None) or e
+        if not isinstance(error, (PeerFailed, Stalled)):
+            # SystemExit: a launcher plugin ends the job to requeue it (submitit on its
+            # time-limit signal), so the other ranks stop as preempted, not as failed.
+            kind = "preempted" if isinstance(error, (Preempted, SystemExit)) else "error"
+            liveness.post_failure(f"{type(error).__name__}: {error}", kind)
+        liveness.linger()
+        if error is e:
+            raise
+        raise error from e
     finally:
         if liveness is not None:
-            liveness.stop()
-    return result
+            liveness.leave()
 
 
 def _run(
     cfg: Config,
-    env,
-    device,
+    env: launch_env.LaunchEnv,
+    device: torch.device,
     run_dir: Path,
     group: ProcessGroup,
-    liveness: Liveness | None,
-    check_stop,
+    watch: Watch,
     clock: manifest.Stopwatch,
 ) -> RunResult:
-    output = Path(cfg.output.path).expanduser() if cfg.output.path else None
-    fmt = output_format(output or Path("output.jsonl"), cfg.output.format)
-    output = output or run_dir / f"output.{fmt}"
     if env.is_main:
         log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
     clock.lap("startup")
-    plan = preflight(cfg, env, group, run_dir, output, fmt)
+    watch.phase("preflight")
+    plan = preflight(cfg, env, group, run_dir)
+    watch.guard_writes(plan.shares[env.rank])
     clock.lap("preflight")
     task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
     if isinstance(task, CustomTask):  # its columns are known once it runs: try one input
         keep = plan.spec.keep
         agreed(group, lambda: check_kept_fields(task, keep, plan.spec) if env.is_main else None)
     clock.lap("model_load")
+    done, record = _infer(cfg, env, device, run_dir, plan, task, watch)
+    clock.lap("inference")
+    faults.at_finish(cfg.fault, env.rank, env.attempt)
+    watch.phase("finish")
+    ranks = group.all_gather_object(record, finishing=True)
+    # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
+    watch.phase("transfer")
+    collect_parts(group, run_dir, [*plan.send_later, *done], plan.shares)
+    if env.is_main:
+        watch.phase("merge")
+        merged = _merge(run_dir, plan, record["seconds"], watch.fence)
+        clock.lap("merge")
+        watch.fence()
+        _finish(cfg, env, clock, ranks, run_dir, plan, merged, task)
+    return RunResult(run_dir, plan.output.path if env.is_main else None, done)
+
+
+def _infer(cfg: Config, env, device, run_dir: Path, plan: Plan, task, watch: Watch):
+    """This rank's inference phase, then the wait for every other rank's: the units it ran,
+    and its stats record."""
     started = time.perf_counter()
-    before_batch = check_stop
-    if liveness is not None:
-
-        def before_batch() -> None:  # the previous batch (if any) has finished
-            liveness.progress()
-            check_stop()
-
-        liveness.progress()  # the stall clock runs from here to the last batch
+    watch.start_work()
     total = plan.units[-1].stop if plan.units else 0
     progress = Progress(env, total, total - sum(len(plan.units[u]) for u in plan.pending), cfg.log)
     try:
-        done, stats = (
-            run_units(
-                cfg, env, run_dir, plan, task, before_batch, check_stop, progress.reporter.unit_done
+        done, stats = [], Throughput()
+        if task is not None:
+            done, stats = run_units(
+                cfg, env, run_dir, plan, task, watch, progress.reporter.unit_done
             )
-            if task
-            else ([], None)
-        )
         counts = {
-            **dataclasses.asdict(stats or Throughput()),
+            **dataclasses.asdict(stats),
             "rows": progress.reporter.counts.rows,
             "errors": progress.reporter.counts.errors,
         }
         seconds = time.perf_counter() - started
         record = save_rank_stats(run_dir, env.rank, counts, seconds, device)
-        if liveness is not None:
-            liveness.idle()
-            liveness.wait_all_done(check_stop)
+        if watch.liveness is not None:
+            watch.liveness.idle()
+            watch.liveness.wait_all_done(watch.check_stop)
     except BaseException:
         progress.stop(final=False)
         raise
     progress.stop()
-    clock.lap("inference")
-    faults.at_finish(cfg.fault, env.rank, env.attempt)
-    ranks = group.all_gather_object(record, finishing=True)
-    # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
-    collect_parts(group, run_dir, [*plan.send_later, *done], plan.shares)
-    if env.is_main:
-        merged = _merge(run_dir, plan, started)
-        clock.lap("merge")
-        _finish(cfg, env, clock, ranks, run_dir, plan, merged, task)
-    if liveness is not None:
-        liveness.leave()
-    return RunResult(run_dir, output if env.is_main else None, done)
+    return done, record
 
 
 def _finish(
@@ -228,8 +223,8 @@ def _finish(
         model=manifest.model_identity(model_path(cfg), getattr(task, "model", None)),
         run_dir=run_dir,
         output={
-            "path": str(plan.output),
-            "format": plan.output_format,
+            "path": str(plan.output.path),
+            "format": plan.output.format,
             "rows": merged.written,
             "errors": merged.errors,
         },
@@ -237,18 +232,19 @@ def _finish(
     log.info("manifest: %s", manifest.append_attempt(run_dir, entry))
 
 
-def _merge(run_dir: Path, plan: Plan, started: float) -> MergeSummary:
-    merge_began = time.perf_counter()
-    summary = merge_parts(run_dir, plan.units, plan.output, plan.output_format)
-    save_merge_stats(run_dir, time.perf_counter() - merge_began)
+def _merge(run_dir: Path, plan: Plan, inference_s: float, fence) -> MergeSummary:
+    began = time.perf_counter()
+    record_written(run_dir, plan.output)
+    summary = merge_parts(run_dir, plan.units, plan.output.path, plan.output.format, fence)
+    save_merge_stats(run_dir, time.perf_counter() - began)
     log.info(
         "done: %d input(s), %d written to %s, %d error(s)%s; %.1fs",
         plan.units[-1].stop,
         summary.written,
-        plan.output,
+        plan.output.path,
         summary.errors,
         f" recorded in {summary.errors_path}" if summary.errors else "",
-        time.perf_counter() - started,
+        inference_s + time.perf_counter() - began,
     )
     return summary
 

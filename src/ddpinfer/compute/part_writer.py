@@ -12,22 +12,30 @@ from pathlib import Path
 from ddpinfer.compute.windows import UnitResult
 from ddpinfer.parts import build_table, write_part
 
+MAX_PENDING = 8
+"""Finished units waiting to be written, at most."""
+
 
 class PartWriter:
     """Encodes finished units as Arrow and writes their part files, off the compute thread;
-    ``keep`` names the input fields (from ``Row.fields``) written beside the results."""
+    ``keep`` names the input fields (from ``Row.fields``) written beside the results;
+    ``before_write`` runs before each part is written, and may refuse it by raising."""
 
     def __init__(
         self,
         run_dir: Path,
         on_written: Callable[[UnitResult], None] = lambda r: None,
         keep: tuple[str, ...] = (),
+        before_write: Callable[[], None] = lambda: None,
     ):
         self.run_dir = run_dir
         self.keep = keep
+        self.before_write = before_write
         self.on_written = on_written
         self.done: list[int] = []
-        self._queue: queue.Queue[UnitResult | None] = queue.Queue()
+        # Bounded: a slow or hung filesystem holds the compute thread back (and its stall clock
+        # runs) instead of letting finished results pile up in memory.
+        self._queue: queue.Queue[UnitResult | None] = queue.Queue(maxsize=MAX_PENDING)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="ddpinfer-writer", daemon=True)
 
@@ -64,6 +72,7 @@ class PartWriter:
                     result.errors,
                     kept,
                 )
+                self.before_write()  # raises when the job no longer owns the run directory
                 write_part(self.run_dir, result.unit, table)
                 self.done.append(result.unit)
                 self.on_written(result)

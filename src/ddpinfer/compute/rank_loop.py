@@ -19,7 +19,7 @@ from ddpinfer.compute.part_writer import PartWriter
 from ddpinfer.compute.windows import Throughput, UnitResult, Window, WindowRunner, prepare_window
 from ddpinfer.config import Config
 from ddpinfer.inputs import Row, RowStream
-from ddpinfer.launch import FILE_ONLY, connect_store
+from ddpinfer.launch import FILE_ONLY, Watch, connect_store
 from ddpinfer.plan import Plan, work_units
 
 log = logging.getLogger("ddpinfer")
@@ -42,21 +42,21 @@ def run_units(
     run_dir: Path,
     plan: Plan,
     task,
-    before_batch,
-    check_stop,
+    watch: Watch,
     on_unit: Callable[[int, int, int], None],
 ) -> tuple[list[int], Throughput]:
     """Claim windows of work units until none are left; each unit's part is written as soon as
-    its last input is done. ``before_batch`` runs before each batch (it counts as progress);
-    ``check_stop`` while waiting for the next window (which does not); ``on_unit(inputs, errors,
-    tokens so far)`` as each unit is handed to the part writer (the progress display)."""
+    its last input is done. ``watch.before_batch`` runs before each batch (it counts as progress),
+    ``watch.check_stop`` while waiting for the next window (which does not), and
+    ``watch.fence`` before each part is written; ``on_unit(inputs, errors, tokens so far)`` as
+    each unit is handed to the part writer (the progress display)."""
     limits = batch_limits(cfg, task.device)
     window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
     claims = work_units.UnitClaims(
         plan.pending, plan.unit_size, env.world_size, window_rows, _unit_counter(env)
     )
     fault = faults.for_attempt(cfg.fault, env.attempt)
-    runner = WindowRunner(task, limits, before_batch, fault, env.rank)
+    runner = WindowRunner(task, limits, watch.before_batch, fault, env.rank)
     pin = task.device.type == "cuda"
     inputs = RowStream(plan.spec)
 
@@ -71,8 +71,8 @@ def run_units(
 
     start, started_units = time.perf_counter(), 0
     with (
-        PartWriter(run_dir, keep=plan.spec.keep) as writer,
-        WindowFeed(claims.next, make_window, check_stop) as feed,
+        PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
+        WindowFeed(claims.next, make_window, watch.check_stop) as feed,
     ):
 
         def unit_done(result: UnitResult) -> None:

@@ -31,6 +31,8 @@ paths) and returns it normalised; raises ``ValueError`` saying what is wrong wit
 COLUMNAR = ("parquet", "hf_dataset")
 """Formats read in record batches of only the needed columns, skipped by their row counts."""
 SKIP_HINT = "HINT: fix the input, or set data.on_error=skip to record bad inputs and go on."
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Integer ids must fit here: every output format stores them as int64."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,13 @@ def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
 def nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines as bytes, with 1-based line numbers; decoded per line so that one
     undecodable line is one bad record, not an unreadable file."""
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                yield line_no, line
+    try:
+        with open(path, "rb") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    yield line_no, line
+    except OSError as e:
+        raise unreadable(path, e) from None
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -142,14 +147,28 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
             ) from None
 
 
+def unreadable(path: Path, error: Exception) -> InputError:
+    """A file that cannot be read at all (corrupt, truncated, an I/O error): always an error,
+    whatever data.on_error says, since its records cannot even be counted."""
+    return InputError(
+        f"{path}: cannot read it ({type(error).__name__}: {error}). HINT: the file may be "
+        "truncated or corrupt: write it again, or leave it out of data.path."
+    )
+
+
 def _num_rows(fmt: str, path: Path) -> int:
     """From the Parquet footer, or the Arrow stream's batch headers (memory-mapped: no data
     is read)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    import pyarrow as pa
 
-        return pq.ParquetFile(path).metadata.num_rows
-    return sum(batch.num_rows for batch in _arrow_stream(path))
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        return sum(batch.num_rows for batch in _arrow_stream(path))
+    except (OSError, pa.ArrowException) as e:
+        raise unreadable(path, e) from None
 
 
 def _arrow_stream(path: Path) -> Iterator[Any]:
@@ -164,6 +183,15 @@ def column_batches(spec: InputSpec, path: Path, skip: int = 0) -> Iterator[tuple
     """The record batches of a Parquet or Arrow file that hold its rows from ``skip`` on, as
     (row in the file of the batch's first row, batch of only the needed columns); batches
     before them are skipped by their row counts, without decoding."""
+    import pyarrow as pa
+
+    try:
+        yield from _column_batches(spec, path, skip)
+    except (OSError, pa.ArrowException) as e:
+        raise unreadable(path, e) from None
+
+
+def _column_batches(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, Any]]:
     columns = list(dict.fromkeys(c for c in (spec.text_field, spec.id_field) if c))
     columns += [c for c in spec.read_fields() if c not in columns]
     if spec.format == "parquet":
@@ -305,6 +333,11 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
     value = record[spec.id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise InputError(f"{at}: id field {spec.id_field!r} is {value!r}; ids must be str or int.")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise InputError(
+            f"{at}: id field {spec.id_field!r} is {value}, an integer outside 64 bits, which "
+            "Parquet, datasets and the part files cannot hold. HINT: write such ids as strings."
+        )
     return value
 
 

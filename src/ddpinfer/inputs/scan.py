@@ -30,6 +30,8 @@ from ddpinfer.errors import InputError
 from ddpinfer.inputs.digests import RowDigests
 from ddpinfer.inputs.readers import (
     COLUMNAR,
+    INT64_MAX,
+    INT64_MIN,
     SKIP_HINT,
     Id,
     InputSpec,
@@ -97,8 +99,13 @@ def scan(
     tally = _Tally(spec)
     num_rows = 0
     for batch in _batches(spec, fast=not record_by_record):
-        digests.add(batch.ids, batch.texts, batch.errors, batch.kept)
-        tally.add(batch)
+        # Tallied first: a row's digest covers whether it repeats an id seen before it, so a
+        # resume recomputes a row that became (or stopped being) a repeat through an edit
+        # elsewhere, not only rows whose own content changed.
+        repeats = tally.add(batch)
+        digests.add(
+            batch.ids, batch.texts, _with(batch.errors, repeats, len(batch.ids)), batch.kept
+        )
         num_rows += len(batch.ids)
     if num_rows == 0:
         what = "the file holds" if len(spec.files) == 1 else f"its {len(spec.files)} files hold"
@@ -120,9 +127,12 @@ class _Tally:
         self.reasons: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
 
-    def add(self, batch: _Batch) -> None:
+    def add(self, batch: _Batch) -> dict[int, str]:
+        """Count the batch's bad records and find its repeated ids: returns the repeats, as
+        position in the batch -> why."""
+        repeats: dict[int, str] = {}
         if self.seen is None and batch.errors is None:
-            return
+            return repeats
         errors = batch.errors or itertools.repeat(None)
         for index, row_id, error in zip(itertools.count(batch.first), batch.ids, errors):
             if error is not None:
@@ -130,19 +140,33 @@ class _Tally:
             elif self.seen is not None:
                 first = self.seen.setdefault(row_id, index)
                 if first != index:
-                    self._repeat(batch, index, row_id, first)
+                    repeats[index - batch.first] = self._repeat(batch, index, row_id, first)
+        return repeats
 
-    def _repeat(self, batch: _Batch, index: int, row_id: Id, first: int) -> None:
+    def _repeat(self, batch: _Batch, index: int, row_id: Id, first: int) -> str:
         at = batch.where(index - batch.first)
         error = f"{at}: duplicate id {row_id!r} (row {index}), first at row {first}."
         if not self.spec.skip_bad:
             raise InputError(f"{error} Ids must be unique. {SKIP_HINT}")
         self.duplicates[index] = error
         self._count("duplicate id", error)
+        return error
 
     def _count(self, kind: str, error: str) -> None:
         self.reasons[kind] += 1
         self.examples.setdefault(kind, error)
+
+
+def _with(
+    errors: list[str | None] | None, more: dict[int, str], rows: int
+) -> list[str | None] | None:
+    """``errors`` (None: every row good) with ``more`` (position -> why) added."""
+    if not more:
+        return errors
+    merged = list(errors) if errors is not None else [None] * rows
+    for position, error in more.items():
+        merged[position] = error
+    return merged
 
 
 def _batches(spec: InputSpec, fast: bool) -> Iterator[_Batch]:
@@ -208,7 +232,10 @@ def _jsonl_batches(spec: InputSpec, file: Path, first: int) -> Iterator[_Batch]:
         if not (
             type(text) is str
             and text.strip()
-            and (type(row_id) is int or (type(row_id) is str and row_id))
+            and (
+                (type(row_id) is int and INT64_MIN <= row_id <= INT64_MAX)
+                or (type(row_id) is str and row_id)
+            )
         ):
             try:
                 row = make_row(spec, file, index, line_no, raw)
@@ -274,8 +301,8 @@ def _clean(columns: Any, spec: InputSpec) -> bool:
     ids = columns.column(spec.id_field)
     if ids.null_count:
         return False
-    if pa.types.is_integer(ids.type):
-        return True
+    if pa.types.is_integer(ids.type):  # uint64 can hold what int64 cannot
+        return ids.type != pa.uint64() or (pc.max(ids).as_py() or 0) <= INT64_MAX
     return is_string(ids) and not pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py()
 
 

@@ -6,10 +6,16 @@ from ddpinfer.launch.device import pin_device, replica_gpus, resolve_device, set
 from ddpinfer.launch.env import LaunchEnv, detect
 from ddpinfer.launch.liveness import Liveness
 from ddpinfer.launch.logs import FILE_ONLY, setup_logging
-from ddpinfer.launch.process_group import ProcessGroup, agreed, connect_store
+from ddpinfer.launch.process_group import (
+    ProcessGroup,
+    agreed,
+    connect_store,
+    is_collective_failure,
+)
 from ddpinfer.launch.run_dir import resolve_run_dir
 from ddpinfer.launch.run_lock import take_run_lock
 from ddpinfer.launch.stopping import PeerFailed, Preempted, Stalled, StopSignals
+from ddpinfer.launch.watch import Watch
 
 __all__ = [
     "FILE_ONLY",
@@ -29,5 +35,7 @@ __all__ = [
     "resolve_run_dir",
     "set_cpu_threads",
     "setup_logging",
+    "is_collective_failure",
     "take_run_lock",
+    "Watch",
 ]

@@ -54,6 +54,8 @@ class LaunchEnv:
     """How often SLURM requeued the job (SLURM_RESTART_COUNT), whatever started the ranks."""
     run_id: str | None = None
     """torchrun's rendezvous id (TORCHELASTIC_RUN_ID): the same for every attempt of a job."""
+    step_id: str | None = None
+    """The SLURM step this process runs in (SLURM_STEP_ID): two sruns of one job differ here."""
     host: str = ""
     """This machine's host name."""
 
@@ -70,8 +72,13 @@ class LaunchEnv:
 
     @property
     def job_key(self) -> str | None:
-        """What every attempt of one job shares: the SLURM job id, else torchrun's run id."""
-        return self.job_id or self.run_id
+        """What every attempt of one job shares and no other live job has: the SLURM job id and
+        step, else torchrun's run id. None when there is no such thing: torchrun's static
+        rendezvous (``--master_port``) and c10d without ``--rdzv-id`` give every job the run id
+        ``none``."""
+        if self.job_id:
+            return self.job_id if self.step_id is None else f"{self.job_id}.{self.step_id}"
+        return self.run_id if self.run_id not in (None, "", "none") else None
 
     @property
     def is_main(self) -> bool:
@@ -92,6 +99,10 @@ def _int(environ: Mapping[str, str], key: str, default: int | None = None) -> in
         return int(raw)
     except ValueError:
         raise LaunchError(f"{key}={raw!r} is not an integer") from None
+
+
+def _step_id(environ: Mapping[str, str]) -> str | None:
+    return environ.get("SLURM_STEP_ID") or environ.get("SLURM_STEPID")
 
 
 def _host(environ: Mapping[str, str]) -> str:
@@ -148,6 +159,7 @@ def from_torchrun(environ: Mapping[str, str]) -> LaunchEnv | None:
             restart_count=_int(environ, "TORCHELASTIC_RESTART_COUNT", 0),
             requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
             run_id=environ.get("TORCHELASTIC_RUN_ID") or None,
+            step_id=_step_id(environ) if "SLURM_JOB_ID" in environ else None,
             host=_host(environ),
         )
     )
@@ -201,6 +213,7 @@ def from_slurm(environ: Mapping[str, str]) -> LaunchEnv | None:
             restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
             gpus_per_task=_gpus_per_task(environ),
             requeue_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+            step_id=_step_id(environ),
             host=_host(environ),
         )
     )

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
 MIN_STALL_S, STALL_FACTOR, WAIT_FACTOR = 600.0, 10.0, 3.0
+PHASES = ("start", "preflight", "work", "done", "finish", "transfer", "merge")
+"""Where a rank is in the run, in order: a rank that fails a collective looks here for the rank
+that never reached it."""
 
 
 class Liveness:
@@ -67,6 +70,10 @@ class Liveness:
         self._progress_at: float | None = None  # None: no batch expected (before/after the loop)
         self._slowest = 0.0
         self._batches = self._published = 0
+        self._named: set[int] = set()  # ranks this rank reported as failed (stalled, dead)
+        self._dead: set[int] = set()
+        self._phase = "start"
+        self._stopping = False  # the main thread is handling a failure: it stops by itself
         self._stop = threading.Event()
         # One store client per thread: the main thread posts and waits, the watcher polls.
         self._store = self._connect()
@@ -111,12 +118,21 @@ class Liveness:
         return self.stall_after_s or WAIT_FACTOR * self.stall_limit()
 
     def leave(self) -> None:
-        """This rank is done: its heartbeats stop without it being taken for dead."""
+        """This rank's process ends (done, or failed and said so): its heartbeats stop without
+        it being taken for dead, and ranks waiting for it to go (``linger``) go on."""
         try:
             self._store.set(f"left/{self.env.rank}", "1")
         except Exception as e:
-            log.debug("could not say this rank is done: %s", e)
+            log.debug("could not say this rank is leaving: %s", e)
         self.stop()
+
+    def phase(self, name: str) -> None:
+        """This rank has reached ``name`` (one of ``PHASES``); best effort."""
+        self._phase = name
+        try:
+            self._store.set(f"phase/{self.env.rank}", name)
+        except Exception as e:
+            log.debug("could not publish this rank's phase: %s", e)
 
     # -- posting ---------------------------------------------------------------------------
 
@@ -133,9 +149,10 @@ class Liveness:
         store = store or self._store
         try:
             index = store.add("failures", 1)
-            store.set(
-                f"failure/{index}", json.dumps({"rank": rank, "error": message, "kind": kind})
-            )
+            notice = {"rank": rank, "by": self.env.rank, "error": message, "kind": kind}
+            store.set(f"failure/{index}", json.dumps(notice))
+            if rank != self.env.rank:
+                self._named.add(rank)
         except Exception as e:  # the store may be gone with the rank that hosted it
             log.warning("could not tell the other ranks about the failure: %s", e)
 
@@ -161,6 +178,7 @@ class Liveness:
         """Block until every rank has finished its work; ``check_stop`` raises to stop waiting
         (a stop signal, or a peer's failure). Gives up, naming the ranks not done, when no rank
         has finished a batch for the stall limit."""
+        self.phase("done")
         try:
             self._store.set(f"done/{self.env.rank}", "1")
             if self._store.add("done", 1) == self.env.world_size:
@@ -197,10 +215,85 @@ class Liveness:
         raise PeerFailed(f"rank {waiting[0]} {message}")
 
     def linger(self) -> None:
-        """On rank 0 when it hosts the store: stay a moment after a failure, so the other ranks
-        read the failure notice itself rather than finding the store gone."""
-        if self.env.is_main and not self.env.store_hosted_by_agent:
-            time.sleep(min(2 * self.heartbeat_s + 0.5, 15.0))
+        """After a failure: stay until the ranks this rank reported have left, so that a
+        launcher sees them fail first and names them; on rank 0, until every other rank has
+        left, since they read the notice through its store and may still be writing the work
+        they finished (rank 0 releases the run directory's lock next). Bounded: a rank that does
+        not stop by itself is ended by its own watcher within ``grace_s``."""
+        self._stopping = True
+        waiting = set(self._named)
+        if self.env.is_main:
+            waiting |= set(range(1, self.env.world_size))
+        waiting -= self._dead | {self.env.rank}
+        deadline = time.monotonic() + min(self.grace_s + 2 * self.heartbeat_s + 2, 30.0)
+        try:
+            while waiting and time.monotonic() < deadline:
+                waiting = {r for r in waiting if not self._store.check([f"left/{r}"])}
+                time.sleep(0.2)
+        except Exception as e:  # the store is gone: nobody is left to wait for
+            log.debug("stopped waiting for the other ranks to leave: %s", e)
+
+    def explain(self, error: BaseException) -> BaseException | None:
+        """A collective failed or timed out: a peer closed its connection, or never came. Find
+        the rank to blame — one that posted a failure, one whose heartbeat stopped, or one that
+        is alive but never reached the step this rank waits at — tell the others, and return
+        the error to raise instead; None when no rank can be blamed."""
+        try:
+            self._read_failures(self._store)
+            if self.failure is None:
+                self._find_culprit(error)
+        except Exception as e:
+            log.debug("could not find the rank a failed collective waited for: %s", e)
+        if self.failure is None:
+            return None
+        if self._own_failure:
+            return Stalled(self.failure)
+        return PeerFailed(self.failure, preempted=self.failure_kind == "preempted")
+
+    def _find_culprit(self, error: BaseException) -> None:
+        others = [r for r in range(self.env.world_size) if r != self.env.rank]
+        beats = {r: self._store.add(f"hb/{r}", 0) for r in others}
+        deadline = time.monotonic() + 2 * self.heartbeat_s + 1  # a live rank beats meanwhile
+        while time.monotonic() < deadline:
+            self._read_failures(self._store)
+            if self.failure is not None:
+                return
+            time.sleep(0.2)
+        gone = {r for r in others if self._store.check([f"left/{r}"])}
+        silent = [r for r in others if r not in gone and self._store.add(f"hb/{r}", 0) == beats[r]]
+        cause = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        if silent:
+            rank = silent[0]
+            message = (
+                f"stopped responding: its heartbeat stopped and a collective with it failed "
+                f"({cause}); killed, out of host memory, or its node is gone? See "
+                f"logs/rank{rank}.log"
+            )
+            self._dead.add(rank)
+            self._blame(rank, message, "dead")
+            return
+        behind = [r for r in others if r not in gone and self._phase_of(r) < self._phase_of()]
+        if behind:
+            rank = behind[0]
+            message = (
+                f"stalled: alive, but it never reached the {self._phase} step, where rank "
+                f"{self.env.rank} waited for it ({cause}); see logs/rank{rank}.log"
+            )
+            self._blame(rank, message, "stalled")
+
+    def _phase_of(self, rank: int | None = None) -> int:
+        if rank is None:
+            return PHASES.index(self._phase)
+        name = (
+            self._store.get(f"phase/{rank}").decode()
+            if self._store.check([f"phase/{rank}"])
+            else "start"
+        )
+        return PHASES.index(name) if name in PHASES else 0
+
+    def _blame(self, rank: int, message: str, kind: str) -> None:
+        self.post_failure(message, kind=kind, rank=rank)
+        self._fail(f"rank {rank} {message}", kind)
 
     # -- watching --------------------------------------------------------------------------
 
@@ -222,7 +315,8 @@ class Liveness:
                     f"lost contact with the rendezvous store ({e}): {LOST_STORE}",
                     "error",
                 )
-            if self.failure is not None and time.monotonic() - self._failed_at > self.grace_s:
+            stuck = time.monotonic() - self._failed_at > self.grace_s
+            if self.failure is not None and stuck and not self._stopping:
                 self._exit_stuck()
 
     def _exit_stuck(self) -> None:
@@ -238,6 +332,10 @@ class Liveness:
             line = f"rank {self.env.rank}: stopping because {why}"
         print(f"ddpinfer: {line}", file=sys.stderr, flush=True)
         logging.shutdown()
+        try:
+            self._watch_store.set(f"left/{self.env.rank}", "1")
+        except Exception:
+            pass
         os._exit(code)
 
     def _check_own_progress(self) -> None:
@@ -256,12 +354,20 @@ class Liveness:
             self._fail(f"rank {self.env.rank} {message}", "stalled")
 
     def _read_failures(self, store: dist.Store) -> None:
-        if store.add("failures", 0) > 0:
-            info = json.loads(store.get("failure/1"))
-            if info["rank"] != self.env.rank:
-                kind = info.get("kind")
-                verb = {"stalled": "", "preempted": "was stopped: "}.get(kind, "failed: ")
-                self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
+        """Every notice posted so far. The first one about another rank is the reason this rank
+        stops; one about this rank, posted by another (it found this rank stalled, or stuck
+        short of a collective), stops this rank as stalled: it exits first, with code 1, so
+        that a launcher names it, not the rank that noticed."""
+        for index in range(1, store.add("failures", 0) + 1):
+            info = json.loads(store.get(f"failure/{index}"))
+            kind = info.get("kind")
+            if info["rank"] == self.env.rank:
+                if info.get("by", self.env.rank) != self.env.rank and self.failure is None:
+                    self._own_failure = True
+                    self._fail(f"rank {self.env.rank} {info['error']}", kind)
+                continue
+            verb = {"stalled": "", "dead": "", "preempted": "was stopped: "}.get(kind, "failed: ")
+            self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
 
     def _check_heartbeats(self, last: dict[int, tuple[int, float]]) -> None:
         now = time.monotonic()
@@ -277,9 +383,10 @@ class Liveness:
                     f"stopped responding: no heartbeat for {now - seen_at:.0f}s (killed, "
                     f"out of host memory, or its node is gone); see logs/rank{rank}.log"
                 )
+                self._dead.add(rank)
                 if self.env.is_main:
-                    self.post_failure(message, rank=rank, store=self._watch_store)
-                self._fail(f"rank {rank} {message}", "error")
+                    self.post_failure(message, "dead", rank=rank, store=self._watch_store)
+                self._fail(f"rank {rank} {message}", "dead")
                 return
 
     def _fail(self, message: str, kind: str | None) -> None:

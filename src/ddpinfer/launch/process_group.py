@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
+from ddpinfer.launch.stopping import PeerFailed
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +105,32 @@ class PeerError(UserError):
 
 
 def agreed(group: ProcessGroup, step: Callable[[], T]) -> T:
-    """Run ``step`` on every rank; if it raised anywhere, raise on every rank."""
-    result, error = None, None
+    """Run ``step`` on every rank; if it raised anywhere, raise on every rank: the rank that
+    raised re-raises its own error, the others name it. Whatever ``step`` raised, every rank
+    takes part in the collective first, so none is left waiting in it for a rank that gave up
+    (the waiting rank would only see its peer's connection close)."""
+    result, error, report = None, None, None
     try:
         result = step()
     except UserError as e:
-        error = e
-    reports = group.all_gather_object(None if error is None else str(error))
+        error, report = e, ("user", str(e))
+    except Exception as e:
+        error, report = e, ("unexpected", f"unexpected error: {type(e).__name__}: {e}")
+    reports = group.all_gather_object(report)
     if error is not None:
         raise error
-    failed = [(rank, message) for rank, message in enumerate(reports) if message]
+    failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
     if failed:
-        rank, message = failed[0]
-        raise PeerError(f"rank {rank} found a problem: {message}")
+        rank, (kind, message) = failed[0]
+        if kind == "user":
+            raise PeerError(f"rank {rank} found a problem: {message}")
+        raise PeerFailed(f"rank {rank} failed: {message}")
     return result  # type: ignore[return-value]
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` came out of a collective whose peer closed its connection or never
+    came (gloo raises a plain RuntimeError naming itself; NCCL, a DistError)."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and "gloo" in str(error)

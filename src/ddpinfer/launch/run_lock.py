@@ -3,14 +3,21 @@
 Rank 0 takes the lock before anything in the run directory changes, and holds it to the end. A
 second job on the same directory (a double ``sbatch``, a retry while the first still runs) stops
 at once with a message naming the running job, instead of computing everything twice or, with
-``run.fresh=true``, deleting the parts the first one is writing. A lock whose owner is gone is
-taken over: its heartbeat is older than ``stale_after_s``, or it was written on this host by a
-process that no longer exists, or by an earlier attempt of this same job (a torchrun restart or a
-SLURM requeue, which keep the job's id).
+``run.fresh=true``, deleting the parts the first one is writing.
 
-Taking over a stale lock is best effort on a shared filesystem: two jobs that find the same stale
-lock in the same instant both delete it and race to create it; the re-read after writing makes
-the loser stop, except in a window of milliseconds.
+The owner is a random token written at start: two live jobs never share it, whatever their
+launcher says (``torchrun --master_port`` gives every job the run id ``none``). A lock whose owner
+is gone is taken over: its heartbeat is older than ``stale_after_s``; or it was taken by an
+earlier attempt of this same job (a torchrun restart or a SLURM requeue: the same job key, a
+lower attempt number); or its process no longer exists, which is only asked where the question
+means something: the same host, boot and PID namespace (a container with host networking has
+its own PIDs, and a PID missing there says nothing).
+
+A job that finds its lock taken over stops at once (``check``), and every rank's writes go
+through a ``LockFence`` that refuses them from then on. Taking over a stale lock is best effort
+on a shared filesystem: two jobs that find the same stale lock in the same instant both delete
+it and race to create it; the re-read after writing makes the loser stop, except in a window of
+milliseconds.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ddpinfer.atomic import atomic_text
+from ddpinfer.atomic import atomic_text, sweep_temporaries
 from ddpinfer.config import RunConfig
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
@@ -38,6 +45,25 @@ class RunDirLocked(UserError):
     """Another job that is still running holds the run directory."""
 
 
+class LostRunLock(UserError):
+    """This job's lock on the run directory was taken over: it must stop and write nothing."""
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Owner:
     token: str
@@ -46,10 +72,22 @@ class Owner:
     pid: int
     heartbeat: float
     """Wall-clock time of the owner's last heartbeat (comparable across hosts with NTP)."""
+    attempt: int = 0
+    boot_id: str | None = None
+    pid_ns: str | None = None
+    """Where ``pid`` means something: the host's boot and the PID namespace it was read in."""
 
     def describe(self) -> str:
         who = f"job {self.job}, " if self.job else ""
         return f"{who}pid {self.pid} on {self.host}"
+
+    @staticmethod
+    def read(path: Path) -> Owner | None:
+        """The owner written in ``path``; None when there is none or it cannot be read."""
+        try:
+            return Owner(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -62,45 +100,101 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class LockFence:
+    """What every rank checks before it writes into the run directory: that the lock still
+    names this job's token. A no-op where the run directory is not rank 0's (no shared
+    filesystem), and in a world without a lock."""
+
+    def __init__(self, path: Path | None, token: str | None) -> None:
+        self.path = path
+        self.token = token
+
+    def check(self) -> None:
+        if self.path is None or self.token is None:
+            return
+        holder = Owner.read(self.path)
+        if holder is None or holder.token != self.token:
+            raise lost_lock(self.path, holder)
+
+
+def lost_lock(path: Path, holder: Owner | None) -> LostRunLock:
+    who = f"taken over by {holder.describe()}" if holder else "removed"
+    return LostRunLock(
+        f"the run directory's lock {path} was {who}: this job no longer owns "
+        f"{path.parent}, so it stops and writes nothing more (what it finished is kept). HINT: "
+        "a lock is taken over when its heartbeat is older than run.dead_after_s: a job frozen "
+        "for that long (SIGSTOP, a suspended VM) loses it; run the same command again once the "
+        "other job has ended."
+    )
+
+
 class RunLock:
     def __init__(
-        self, run_dir: Path, job: str | None, host: str, heartbeat_s: float, stale_after_s: float
+        self,
+        run_dir: Path,
+        job: str | None,
+        host: str,
+        heartbeat_s: float,
+        stale_after_s: float,
+        attempt: int = 0,
     ) -> None:
         self.path = run_dir / LOCK_NAME
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
-        self.owner = Owner(uuid.uuid4().hex, job, host, os.getpid(), time.time())
+        self.owner = Owner(
+            token=uuid.uuid4().hex,
+            job=job,
+            host=host,
+            pid=os.getpid(),
+            heartbeat=time.time(),
+            attempt=attempt,
+            boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+            pid_ns=_pid_namespace(),
+        )
         self.took_over: str | None = None
         """Why the lock of a job that is gone was taken over, if it was (logged by the caller:
         the lock is taken before logging is set up)."""
+        self.lost: LostRunLock | None = None
+        """Set by the heartbeat when another job has taken the lock over."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="ddpinfer-run-lock", daemon=True)
 
+    @property
+    def token(self) -> str:
+        return self.owner.token
+
     def acquire(self) -> RunLock:
-        """Take the lock, or raise ``RunDirLocked`` naming the job that holds it."""
+        """Take the lock, or raise ``RunDirLocked`` naming the job that holds it. Temporary
+        files left in the run directory by a writer that died are swept once it is ours."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._create():
-            holder = self._read()
+            holder = Owner.read(self.path)
             reason = self._gone(holder)
             if reason is None:
                 raise self._locked(holder)
             self.took_over = f"took over {self.path}: {reason}"
-            if self._read() == holder:  # not taken over by someone else meanwhile
+            if Owner.read(self.path) == holder:  # not taken over by someone else meanwhile
                 self.path.unlink(missing_ok=True)
             if not self._create():
-                raise self._locked(self._read())
+                raise self._locked(Owner.read(self.path))
         time.sleep(0.05)  # let a racing taker's write land, then check that we won
-        holder = self._read()
+        holder = Owner.read(self.path)
         if holder is None or holder.token != self.owner.token:
             raise self._locked(holder)
+        sweep_temporaries(self.path.parent)
         self._thread.start()
         return self
+
+    def check(self) -> None:
+        """Raise ``LostRunLock`` if another job has taken the lock over."""
+        if self.lost is not None:
+            raise self.lost
 
     def release(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.heartbeat_s + 5)
-        holder = self._read()
+        holder = Owner.read(self.path)
         if holder is not None and holder.token == self.owner.token:
             self.path.unlink(missing_ok=True)
 
@@ -115,13 +209,6 @@ class RunLock:
             os.fsync(f.fileno())
         return True
 
-    def _read(self) -> Owner | None:
-        """The lock's owner; None when there is no lock or it cannot be read (half written)."""
-        try:
-            return Owner(**json.loads(self.path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
     def _gone(self, holder: Owner | None) -> str | None:
         """Why the holder no longer runs, or None if it may still run."""
         if holder is None:
@@ -130,9 +217,15 @@ class RunLock:
             except FileNotFoundError:
                 return "it was just released"
             return f"it is unreadable and {age:.0f}s old" if age > self.stale_after_s else None
-        if self.owner.job is not None and holder.job == self.owner.job:
+        mine = self.owner
+        if mine.job is not None and holder.job == mine.job and holder.attempt < mine.attempt:
             return f"it was taken by an earlier attempt of this job ({holder.describe()})"
-        if holder.host == self.owner.host and not _pid_alive(holder.pid):
+        same_pids = (holder.host, holder.boot_id, holder.pid_ns) == (
+            mine.host,
+            mine.boot_id,
+            mine.pid_ns,
+        )
+        if same_pids and holder.pid_ns is not None and not _pid_alive(holder.pid):
             return f"its owner ({holder.describe()}) no longer runs"
         age = time.time() - holder.heartbeat
         if age > self.stale_after_s:
@@ -145,19 +238,17 @@ class RunLock:
             f"run directory {self.path.parent} is in use by {who}: two jobs in one run "
             f"directory would compute the same work twice or delete each other's results. "
             f"HINT: wait for that job to end (or cancel it); to run both, give this one its own "
-            f"run.name=<name> or output.path. A lock left by a job that is gone is taken over "
-            f"by itself after run.dead_after_s; {self.path} can also be deleted by hand."
+            f"run.name=<name> or output.path. A lock whose heartbeat is older than "
+            f"run.dead_after_s ({self.stale_after_s:.0f}s) is taken over; {self.path} can also "
+            f"be deleted by hand once that job is gone."
         )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            holder = self._read()
-            if holder is not None and holder.token != self.owner.token:
-                log.error(
-                    "%s was taken over by %s; this job no longer holds it",
-                    self.path,
-                    holder.describe(),
-                )
+            holder = Owner.read(self.path)
+            if holder is None or holder.token != self.owner.token:
+                self.lost = lost_lock(self.path, holder)
+                log.error("%s", self.lost)
                 return
             try:
                 with atomic_text(self.path) as f:
@@ -168,4 +259,6 @@ class RunLock:
 
 def take_run_lock(run_dir: Path, env: LaunchEnv, run: RunConfig) -> RunLock:
     """Rank 0's lock on ``run_dir``, renewed every run.heartbeat_s, stale after run.dead_after_s."""
-    return RunLock(run_dir, env.job_key, env.host, run.heartbeat_s, run.dead_after_s).acquire()
+    return RunLock(
+        run_dir, env.job_key, env.host, run.heartbeat_s, run.dead_after_s, env.attempt
+    ).acquire()

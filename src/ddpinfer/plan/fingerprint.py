@@ -26,6 +26,7 @@ from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import InputScan, InputSpec
 from ddpinfer.inputs import digests as content_digest
+from ddpinfer.plan.task_needs import custom_task_source
 
 FINGERPRINT = "fingerprint.json"
 WHOLE_FILE_BYTES = 1 << 20
@@ -121,8 +122,15 @@ def compute(
             "dtype": cfg.model.dtype,
             "max_length": cfg.model.max_length,
         },
-        # a custom task's extra keys (+task.my_key=...) are attributes beyond the schema's fields
-        "task": {**dataclasses.asdict(cfg.task), **vars(cfg.task)},
+        # a custom task's extra keys (+task.my_key=...) are attributes beyond the schema's fields,
+        # and its code is what computes the results
+        "task": {
+            **dataclasses.asdict(cfg.task),
+            **vars(cfg.task),
+            **(
+                {"source": custom_task_source(cfg.task.target)} if cfg.task.name == "custom" else {}
+            ),
+        },
         "seed": cfg.seed,
         # the part files hold the kept fields; only when set, so older run directories match
         **({"output": {"keep_fields": list(spec.keep)}} if spec.keep else {}),
@@ -160,8 +168,23 @@ def _refuse(run_dir: Path, what: str) -> FingerprintMismatch:
 
 
 def load(run_dir: Path) -> dict[str, Any] | None:
+    """The stored fingerprint; None when there is none. One that cannot be read (truncated by
+    a full disk, edited by hand) says nothing about the finished work: refused."""
     path = run_dir / FINGERPRINT
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON {type(stored).__name__}, not an object")
+        return stored
+    except (OSError, ValueError) as e:
+        raise FingerprintMismatch(
+            f"{path} cannot be read ({type(e).__name__}: {e}), so what the finished work in "
+            f"{run_dir} was computed from is unknown. HINT: run.fresh=true discards that work "
+            "and starts over; run.name=<new name> (or another output.path) keeps it and runs "
+            "in a new directory."
+        ) from None
 
 
 def changed_units(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) -> list[int]:

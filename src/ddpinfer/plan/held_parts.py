@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.parts import finished_units, part_path, parts_dir
+from ddpinfer.parts import drop_unreadable_parts, finished_units, part_path, parts_dir
 from ddpinfer.plan import fingerprint
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def ranks_sharing_run_dir(group: ProcessGroup, run_dir: Path, setting: str) -> l
         return [True] * world
     if setting == "false":
         return [True] + [False] * (world - 1)
-    probe = run_dir / f".shared-fs-probe-{uuid.uuid4().hex}" if group.env.is_main else None
+    # named as a temporary, so that a probe left by a process that died is swept like one
+    probe = run_dir / f".shared-fs-probe.tmp-{uuid.uuid4().hex}" if group.env.is_main else None
     if probe is not None:
         probe.touch()
     name = group.broadcast_object(probe.name if probe else None)
@@ -45,6 +46,8 @@ def reconcile_held_parts(run_dir: Path, current: dict, started_fresh: bool) -> l
     directory holds that were computed from this run's inputs, model and settings. Parts that
     cannot be trusted (no fingerprint, another run's, rows changed, run.fresh) are deleted, then
     rank 0's fingerprint is stored beside the parts this attempt will add."""
+    if broken := drop_unreadable_parts(run_dir):
+        log.warning("%d part file(s) cannot be read (cut short?): deleted", len(broken))
     held = finished_units(run_dir)
     stored = fingerprint.load(run_dir)
     stale: set[int] = set()

@@ -11,9 +11,7 @@ leaving the others waiting on it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +24,10 @@ from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
-from ddpinfer.parts import finished_units, part_path, parts_dir
+from ddpinfer.parts import drop_unreadable_parts, finished_units, part_path, parts_dir
 from ddpinfer.plan import fingerprint, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
+from ddpinfer.plan.outputs import Output, check_output, resolve_output
 from ddpinfer.plan.task_needs import check_keep_fields, check_model_path, input_fields, model_path
 
 log = logging.getLogger("ddpinfer")
@@ -43,8 +42,7 @@ class Plan:
     """Units not finished by an earlier run, in order."""
     bad_rows: dict[int, str]
     """Rows not to run, with the reason (duplicate ids under data.on_error=skip)."""
-    output: Path
-    output_format: str
+    output: Output
     shares: list[bool]
     """For each rank, whether it sees rank 0's run directory (else it sends its parts)."""
     send_later: list[int]
@@ -64,44 +62,9 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
     )
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".ddpinfer-write-test-{uuid.uuid4().hex}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"output folder {folder} is not writable ({e.strerror}). HINT: choose another "
-            "output.path, or fix the folder's permissions."
-        ) from None
-
-
-def _check_not_the_input(output: Path, spec: inputs.InputSpec) -> None:
-    source = Path(spec.source).expanduser()
-    for path in (*spec.files, source):  # any input file, or the folder that holds a dataset
-        same = output.resolve() == path.resolve()
-        if not same and output.exists() and path.exists():
-            same = os.path.samefile(output, path)  # a link to the input
-        if same:
-            where = "" if path == source else f"{path} of "
-            raise UserError(
-                f"output.path={output} is the input file {where}data.path={spec.source}: the "
-                "results would overwrite the inputs. HINT: choose another output.path."
-            )
-    if (
-        len(spec.files) > 1
-        and not source.exists()
-        and output.absolute().match(str(source.absolute()))
-    ):
-        raise UserError(
-            f"output.path={output} matches data.path={spec.source}: a re-run would read the "
-            "results as inputs. HINT: choose an output.path outside that pattern."
-        )
-
-
-def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs.InputSpec:
-    if fmt == "npy" and cfg.task.name != "embed":
+def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.InputSpec, Output]:
+    output = resolve_output(cfg.output, run_dir)
+    if output.format == "npy" and cfg.task.name != "embed":
         raise UserError(
             f"output.format=npy holds embeddings, but task={cfg.task.name}. "
             "HINT: use output.format=jsonl or parquet (or an output.path ending in one of those)."
@@ -110,9 +73,8 @@ def _local_checks(cfg: Config, env: LaunchEnv, output: Path, fmt: str) -> inputs
     check_keep_fields(cfg)
     check_model_path(model_path(cfg))
     if env.is_main:
-        _check_not_the_input(output, spec)
-        _check_writable(output.parent)
-    return spec
+        check_output(output, spec, run_dir)
+    return spec, output
 
 
 def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
@@ -137,6 +99,14 @@ def _reconcile(run_dir: Path, new: dict) -> bool:
     """Check the stored fingerprint against this run's and store this run's; drop the parts of
     units whose rows changed. True if an earlier run left a fingerprint."""
     stored = fingerprint.load(run_dir)
+    broken = drop_unreadable_parts(run_dir)
+    if broken:
+        log.warning(
+            "%d part file(s) in %s cannot be read (cut short?): recomputing unit(s) %s",
+            len(broken),
+            parts_dir(run_dir),
+            ", ".join(map(str, broken[:20])) + (" ..." if len(broken) > 20 else ""),
+        )
     done = finished_units(run_dir)
     if stored is None and done:
         raise fingerprint.refuse_parts_without_fingerprint(run_dir, len(done))
@@ -214,15 +184,8 @@ def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) 
         )
 
 
-def preflight(
-    cfg: Config,
-    env: LaunchEnv,
-    group: ProcessGroup,
-    run_dir: Path,
-    output: Path,
-    output_format: str,
-) -> Plan:
-    spec = agreed(group, lambda: _local_checks(cfg, env, output, output_format))
+def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -> Plan:
+    spec, output = agreed(group, lambda: _local_checks(cfg, env, run_dir))
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
 
     def plan_or_digest() -> dict | str | None:
@@ -255,7 +218,6 @@ def preflight(
         pending,
         plan["bad_rows"],
         output,
-        output_format,
         shares,
         send_later,
     )

@@ -6,6 +6,10 @@ The preflight checks these on every rank before the model loads; the tasks read 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 from ddpinfer.config import Config
@@ -43,6 +47,33 @@ def check_model_path(path: str) -> None:
             f"model.path={path}: no such directory. HINT: point model.path at a folder made by "
             "save_pretrained (it holds config.json)."
         )
+
+
+def custom_task_module_file(target: str) -> Path | None:
+    """The file that defines task.target's class: ``path/to/file.py`` as given, or where
+    ``package.module`` is found from the working directory or ``PYTHONPATH`` (without running
+    it; its parent packages are imported). None when it is not found."""
+    module = target.partition(":")[0]
+    if module.endswith(".py"):
+        path = Path(module).expanduser()
+        return path if path.is_file() else None
+    if os.getcwd() not in sys.path:  # as the custom task's import does
+        sys.path.append(os.getcwd())
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
+def custom_task_source(target: str) -> str:
+    """A digest of the file that defines task.target's class, for the fingerprint: other code
+    computes other results. (Modules it imports in turn are not covered.)"""
+    path = custom_task_module_file(target)
+    if path is None:
+        return "not found"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,23 +33,11 @@ from ddpinfer.parts import (
     part_path,
     read_part,
 )
-
-SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy"}
+from ddpinfer.plan import ids_path
 
 
 class MergeError(UserError):
     """The parts do not cover every input exactly once."""
-
-
-def output_format(path: Path, requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return SUFFIX_FORMATS.get(path.suffix.lower(), "jsonl")
-
-
-def ids_path(output: Path) -> Path:
-    """Where ``output.format=npy`` writes the ids of the matrix's rows."""
-    return output.with_name(output.name.split(".")[0] + ".ids.jsonl")
 
 
 def _missing_units(run_dir: Path, units: list[range]) -> None:
@@ -139,16 +127,24 @@ class MergeSummary:
     errors_path: Path
 
 
-def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> MergeSummary:
+def merge_parts(
+    run_dir: Path,
+    units: list[range],
+    output: Path,
+    fmt: str,
+    before_commit: Callable[[], None] = lambda: None,
+) -> MergeSummary:
     """Write ``output`` atomically from the parts, and the inputs that could not be run to
-    ``<run dir>/errors.jsonl`` (id, row and reason), also atomically."""
+    ``<run dir>/errors.jsonl`` (id, row and reason), also atomically: errors.jsonl is renamed
+    into place first and the output last, so an output is never seen beside another run's
+    errors. ``before_commit`` runs before the renames, and may stop them by raising."""
     errors_path = run_dir / "errors.jsonl"
     writer_class = WRITERS[fmt]
     written = errors = 0
-    with contextlib.ExitStack() as stack:
-        errors_file = stack.enter_context(atomic_text(errors_path))
+    with contextlib.ExitStack() as stack:  # left in reverse: errors.jsonl renamed first
         tmp = stack.enter_context((atomic_dir if fmt == "hf_dataset" else atomic_path)(output))
         ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
+        errors_file = stack.enter_context(atomic_text(errors_path))
         writer = writer_class(tmp, ids_tmp, run_dir, units)
         try:
             for table, unit_errors in _checked_parts(run_dir, units):
@@ -160,6 +156,7 @@ def merge_parts(run_dir: Path, units: list[range], output: Path, fmt: str) -> Me
                     written += table.num_rows
         finally:
             writer.close()
+        before_commit()
     return MergeSummary(written, errors, errors_path)
 
 
