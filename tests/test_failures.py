@@ -1,6 +1,7 @@
 """Nothing lost, nothing hangs: dead and failing ranks, stop signals, resume
 with another world size, OOM. Real processes on CPU."""
 
+import re
 import signal
 import time
 
@@ -45,7 +46,8 @@ def test_kill_9_of_a_rank_stops_the_others_then_a_smaller_world_resumes(job):
     assert 0 < kept < 12
 
     result = check(launch(args, nproc=2, cwd=tmp_path))  # another world size
-    assert f"{12 - kept} to do" in result.stderr and "resuming" in result.stderr
+    resumed = re.search(r"resuming: (\d+) of 12 work unit\(s\) already done", result.stderr)
+    assert resumed and int(resumed.group(1)) >= kept, result.stderr
     assert_complete(tmp_path, N)
 
 

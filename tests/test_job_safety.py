@@ -81,7 +81,7 @@ def static_torchrun(args: list[str], port: int) -> list[str]:
 def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_stops_at_once(job):
     tmp_path, args = job
     first = subprocess.Popen(
-        static_torchrun([*args, "fault.delay_s=1", "batch.sort_rows=4"], free_port()),
+        static_torchrun([*args, "fault.delay_s=2", "batch.sort_rows=4"], free_port()),
         cwd=tmp_path,
         env=subprocess_env(),
         stdout=open(tmp_path / "first.log", "w"),

@@ -84,7 +84,7 @@ def test_a_failed_attempt_keeps_the_remote_nodes_work(tmp_path, base_args):
     codes, logs = launch_two_nodes(tmp_path, common, nproc=1, tag="resume")
     assert codes == [0, 0], logs
     assert "6 work unit(s) of up to 2; 1 unit(s) to run" in logs, logs
-    assert "finished unit(s) from an earlier attempt: sent at the end" in logs, logs
+    assert "unit(s) from an earlier attempt: sent at the end, not recomputed" in logs, logs
 
     single = tmp_path / "single.jsonl"
     run_in_process([*common, f"output.path={single}", "run.dir=single"], cwd=tmp_path)

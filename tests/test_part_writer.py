@@ -32,4 +32,4 @@ def test_a_hung_filesystem_blocks_submit_once_the_queue_is_full(tmp_path):
         assert len(submitted) <= MAX_PENDING + 1  # the queue, and the one being written
         disk.set()
         thread.join(timeout=10)
-    assert sorted(writer.done) == list(range(MAX_PENDING + 5))
+    assert sorted(writer.units_done) == list(range(MAX_PENDING + 5))

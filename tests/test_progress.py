@@ -15,9 +15,9 @@ from ddpinfer.results.progress import Display, LocalCounters, Reporter, Snapshot
 def test_reporters_add_up_across_ranks_and_the_display_reads_the_total():
     counters = LocalCounters()
     reporters = [Reporter(counters, rank) for rank in range(3)]
-    reporters[0].unit_done(rows=4, errors=1, tokens_so_far=40)
-    reporters[0].unit_done(rows=4, errors=0, tokens_so_far=70)
-    reporters[2].unit_done(rows=2, errors=0, tokens_so_far=10)
+    reporters[0].batch_done(rows=4, errors=1, tokens_so_far=40)
+    reporters[0].batch_done(rows=4, errors=0, tokens_so_far=70)
+    reporters[2].batch_done(rows=2, errors=0, tokens_so_far=10)
     display = Display(counters, 3, total=20, initial=5, cfg=LogConfig(progress=False))
     snapshot = display.read()
     assert snapshot.done == 15 and snapshot.inputs == [8, 0, 2] and snapshot.tokens == [70, 0, 10]

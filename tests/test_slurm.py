@@ -172,8 +172,9 @@ def test_a_failing_rank_fails_the_job(slurm_env, job_inputs, script, options):
 @pytest.mark.parametrize("script, options", SCRIPTS_ONE_PER_NODE)
 def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, script, options):
     """SLURM's warning before the time limit (SIGUSR1 to the batch script, as
-    `--signal=B:USR1@120` sends it) stops the ranks, keeps their work and requeues the job; the
-    requeued job (same id, same run directory) resumes and completes."""
+    `--signal=B:USR1@120` sends it) stops the ranks mid-window, keeps every finished batch and
+    requeues the job; the requeued job (same id, same run directory) computes only what was not
+    done (plus at most a batch per rank) and completes."""
     root, common, reference = job_inputs
     work = root / f"requeue-{script}"
     work.mkdir()
@@ -187,14 +188,14 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
         str(REPO / "slurm" / script),
         *common,
         "output.path=out.jsonl",
-        "data.unit_size=1",
+        "data.unit_size=6",
         "batch_size=1",
-        "fault.delay_s=2",  # windows of 2 units: the first parts come after 4 s, 2 s before the end
+        "log.level=DEBUG",
+        "fault.delay_s=1",  # one window of 6 batches per rank: stopped in the middle of it
     ]
     job = subprocess.run(
         cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=60
     ).stdout.strip()
-    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
 
     def job_field(name: str) -> str:
         info = subprocess.run(
@@ -202,10 +203,9 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
         ).stdout
         return re.search(rf"{name}=(\S+)", info).group(1)
 
-    wait_until(lambda: len(parts()) >= 2 or job_field("JobState") != "RUNNING" and parts())
+    wait_until(lambda: sum(attempt_rows(work, 0)) >= 4)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
     wait_until(lambda: job_field("Restarts") == "1")
-    kept = len(parts())
     # A requeued job waits for a begin time SLURM sets; the test skips that wait, once the old
     # run is cleaned up on both nodes (else slurmd refuses the job: "credential revoked").
     wait_until(lambda: job_field("JobState") == "PENDING" and nodes_idle(slurm_env))
@@ -217,8 +217,21 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
     assert (
         "SIGUSR1: stopping the ranks" in log and "stopped by SIGTERM; finished work is kept" in log
     )
-    assert f"resuming: {kept} of {len(TEXTS)} work unit(s) already done" in log
+    done = sum(attempt_rows(work, 0))
+    assert 4 <= done < len(TEXTS) and "resuming:" in log
+    assert sum(attempt_rows(work, 1)) <= len(TEXTS) - done + 2  # a batch per rank at most
     assert [r["id"] for r in read_jsonl(work / "out.jsonl")] == [r["id"] for r in reference]
+
+
+def attempt_rows(work: Path, attempt: int) -> list[int]:
+    """Inputs each rank computed in one attempt (kept or not): the last count it logged."""
+    counts = []
+    for log in sorted(work.glob("runs/*/logs/rank*.log")):
+        attempts = re.split(r"launch, attempt \d+", log.read_text())[1:]
+        text = attempts[attempt] if attempt < len(attempts) else ""
+        found = re.findall(r"\((\d+) this attempt\)", text)
+        counts.append(int(found[-1]) if found else 0)
+    return counts
 
 
 def wait_until(predicate, timeout: float = 120) -> None:
@@ -267,6 +280,7 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
     work = root / "submitit-requeue"
     work.mkdir()
     slow = ("data.unit_size=1", "batch_size=1", "fault.delay_s=1.5")
+    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
     log_file = work / "sweep.log"
     with open(log_file, "w") as log:
         sweep = subprocess.Popen(
@@ -276,7 +290,6 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
     wait_until(lambda: len(parts()) >= 2 or sweep.poll() is not None)
     job = next(p.name for p in (work / "multirun" / ".submitit").iterdir() if p.name.isdigit())
 

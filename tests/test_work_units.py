@@ -12,10 +12,18 @@ from ddpinfer.plan.work_units import (
 )
 
 
-def claim_all(pending, unit_size, world_size, max_rows, ranks_in_turn):
+def even(world_size):
+    """Every rank measured, all equally fast."""
+    return lambda: [1.0] * world_size
+
+
+def claim_all(pending, unit_size, world_size, max_rows, ranks_in_turn, rates=None):
     """Windows claimed by ranks taking turns as given, from one shared counter."""
     counter = local_counter()
-    claims = [UnitClaims(pending, unit_size, world_size, max_rows, counter) for _ in ranks_in_turn]
+    rates = rates or even(world_size)
+    claims = [
+        UnitClaims(pending, unit_size, r, max_rows, counter, rates) for r in range(world_size)
+    ]
     windows = {r: [] for r in set(ranks_in_turn)}
     for r in ranks_in_turn:
         windows[r].append(claims[r].next())
@@ -61,7 +69,7 @@ def test_concurrent_claims_from_threads_never_overlap():
     got: list[list[int]] = [[] for _ in range(4)]
 
     def worker(rank):
-        claims = UnitClaims(pending, 64, 4, 4096, add)
+        claims = UnitClaims(pending, 64, rank, 4096, add, even(4))
         while window := claims.next():
             got[rank].extend(window)
 
@@ -84,3 +92,14 @@ def test_split_rows_skips_rows_between_units():
     units = [range(2, 4), range(6, 9)]
     assert list(split_rows(iter(range(2, 9)), units)) == [[2, 3], [6, 7, 8]]
     assert list(split_rows(iter([]), [])) == []
+
+
+def test_windows_follow_each_ranks_measured_speed():
+    pending = list(range(110))
+    # rank 1 is 10x slower: each window is its share of half of what is left
+    windows = claim_all(pending, 64, 2, 10**6, [1, 0], rates=lambda: [10.0, 1.0])
+    assert len(windows[1][0]) == 5 and len(windows[0][0]) == 48  # 1/11 and 10/11 of half
+    # unmeasured: one unit, and other unmeasured ranks count as the fastest measured
+    assert claim_all(pending, 64, 2, 10**6, [0], rates=lambda: [None, 3.0])[0] == [[0]]
+    halves = claim_all(pending, 64, 2, 10**6, [1], rates=lambda: [None, 3.0])
+    assert len(halves[1][0]) == 28  # counted as fast as itself: a quarter of 110

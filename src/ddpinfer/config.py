@@ -220,8 +220,9 @@ class BatchConfig:
     """Padded tokens per forward pass (packed batches: real tokens). Unset: 16384 on CUDA, 1024
     on CPU (where the batch size hardly changes the speed and padding does)."""
     sort_rows: int = 16384
-    """Inputs sorted by length together before they are cut into batches. Larger packs batches
-    more tightly; a stop signal loses at most this many unfinished inputs' work."""
+    """At most this many inputs are sorted by length together (a window) before they are cut
+    into batches. Larger packs batches more tightly; every finished batch is kept whatever the
+    window's size."""
     packing: str = "auto"
     """task=embed: true (a batch's inputs run concatenated, without padding: BERT and RoBERTa
     families; on CUDA in half precision through FlashAttention's varlen kernel) | false (padded

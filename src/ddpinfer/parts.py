@@ -3,8 +3,13 @@
 A part holds the unit's results as columns: ``row`` (int64), ``id``, then the task's fields in
 binary form (embeddings as a fixed-size list of float32, scores as float32, text as UTF-8).
 Inputs that could not be run are not rows of the table; they are listed, with the reason, in
-the file's schema metadata under ``ddpinfer.errors``. A part is written atomically: a unit is
-done exactly when its part file exists.
+the file's schema metadata under ``ddpinfer.errors``. A part is written atomically.
+
+Usually a unit is one part, ``unit-NNNNNN.arrow``, written when its last input is done. A unit
+an attempt left half done (``journal``) is a set of *fragments* instead, ``unit-NNNNNN.f-<tag>
+.arrow``, each holding some of its rows in the same format: the rows salvaged from the attempt
+that stopped, then the rest, computed by the next. A unit is done when its part exists, or when
+its fragments hold each of its rows once; the merge combines them (``combine_parts``).
 
 Ids keep their type: an ``int64`` column when all of a part's ids are integers, ``string`` when
 all are strings, and for a mix, strings holding each id as JSON (field metadata says so).
@@ -29,6 +34,7 @@ from ddpinfer.atomic import atomic_path
 from ddpinfer.errors import UserError
 
 PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
+FRAGMENT_NAME = re.compile(r"^unit-(\d{6,})\.f-([0-9a-f]+)\.arrow$")
 ERRORS_KEY = b"ddpinfer.errors"
 ID_ENCODING_KEY = b"ddpinfer.id"
 KEPT_PREFIX = "kept:"
@@ -41,6 +47,10 @@ def parts_dir(run_dir: Path) -> Path:
 
 def part_path(run_dir: Path, unit: int) -> Path:
     return parts_dir(run_dir) / f"unit-{unit:06d}.arrow"
+
+
+def fragment_path(run_dir: Path, unit: int, tag: str) -> Path:
+    return parts_dir(run_dir) / f"unit-{unit:06d}.f-{tag}.arrow"
 
 
 def id_array(ids: Sequence[Any]) -> tuple[pa.Array, pa.Field]:
@@ -56,7 +66,9 @@ def id_array(ids: Sequence[Any]) -> tuple[pa.Array, pa.Field]:
 
 def column_array(values: Any) -> pa.Array:
     """A task column as Arrow: 2-D arrays as fixed-size lists (embeddings), float arrays as
-    float32, anything else as Arrow infers it."""
+    float32, Arrow arrays as they are, anything else as Arrow infers it."""
+    if isinstance(values, pa.Array):
+        return values
     if isinstance(values, np.ndarray):
         if values.ndim == 2:
             flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
@@ -113,8 +125,13 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
-def write_part(run_dir: Path, unit: int, table: pa.Table) -> Path:
-    path = part_path(run_dir, unit)
+def write_part(run_dir: Path, unit: int, table: pa.Table, tag: str | None = None) -> Path:
+    """The unit's part, or with ``tag`` one of its fragments."""
+    path = part_path(run_dir, unit) if tag is None else fragment_path(run_dir, unit, tag)
+    return write_table(path, table)
+
+
+def write_table(path: Path, table: pa.Table) -> Path:
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -131,8 +148,73 @@ def read_part(path: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
             f"{path}: cannot read this part file ({type(e).__name__}: {e}). HINT: delete it and "
             "run the same command again: its unit is recomputed."
         ) from None
-    meta = table.schema.metadata or {}
-    return table, json.loads(meta.get(ERRORS_KEY, b"[]"))
+    return table, read_errors(table)
+
+
+def read_errors(table: pa.Table) -> list[dict[str, Any]]:
+    """The part's error records: ``{"row", "id", "error"}`` for each input that did not run."""
+    return json.loads((table.schema.metadata or {}).get(ERRORS_KEY, b"[]"))
+
+
+def python_ids(table: pa.Table) -> list[Any]:
+    """The part's ids as they were in the input (ints, strings, or a mix)."""
+    field = table.schema.field("id")
+    ids = table.column("id").to_pylist()
+    if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
+        return [json.loads(i) for i in ids]
+    return ids
+
+
+def is_kept(column: str) -> bool:
+    return column.startswith(KEPT_PREFIX)
+
+
+def is_json(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(KEPT_ENCODING_KEY) == b"json"
+
+
+def kept_values(table: pa.Table, column: str) -> list[Any]:
+    """A kept input field's values as they were in the input."""
+    values = table.column(column).to_pylist()
+    if is_json(table.schema.field(column)):
+        return [json.loads(v) for v in values]
+    return values
+
+
+def combine_parts(tables: Sequence[pa.Table]) -> pa.Table:
+    """One part of a unit's fragments, in row order. Each fragment encodes its ids and kept
+    fields as suits its own values; they are decoded and encoded again as one. The task's
+    columns are concatenated as they are (fragments without rows have none)."""
+    filled = [t for t in tables if t.num_rows]
+    errors = sorted((e for t in tables for e in read_errors(t)), key=lambda e: e["row"])
+    if not filled:
+        return build_table([], [], {}, errors)
+    rows = np.concatenate([t.column("row").to_numpy() for t in filled])
+    order = np.argsort(rows, kind="stable")
+    ids = [i for t in filled for i in python_ids(t)]
+    first = filled[0]
+    task = [n for n in first.column_names if n not in ("row", "id") and not is_kept(n)]
+    columns = {
+        name: pa.concat_tables(
+            [pa.table({name: t.column(name)}) for t in filled], promote_options="permissive"
+        )
+        .column(name)
+        .combine_chunks()
+        .take(pa.array(order))
+        for name in task
+    }
+    kept = {
+        n[len(KEPT_PREFIX) :]: [v for t in filled for v in kept_values(t, n)]
+        for n in first.column_names
+        if is_kept(n)
+    }
+    return build_table(
+        rows[order].tolist(),
+        [ids[i] for i in order],
+        columns,
+        errors,
+        {name: [values[i] for i in order] for name, values in kept.items()},
+    )
 
 
 def readable(path: Path) -> bool:
@@ -147,12 +229,31 @@ def readable(path: Path) -> bool:
 
 
 def drop_unreadable_parts(run_dir: Path) -> list[int]:
-    """Delete the part files that do not open (their units are then recomputed); returns their
-    units."""
-    dropped = [u for u in sorted(finished_units(run_dir)) if not readable(part_path(run_dir, u))]
-    for unit in dropped:
-        part_path(run_dir, unit).unlink(missing_ok=True)
-    return dropped
+    """Delete the part and fragment files that do not open (their units, or those rows, are
+    then recomputed); returns their units."""
+    dropped = set()
+    for unit, paths in unit_files(run_dir).items():
+        for path in paths:
+            if not readable(path):
+                path.unlink(missing_ok=True)
+                dropped.add(unit)
+    return sorted(dropped)
+
+
+def unit_files(run_dir: Path) -> dict[int, list[Path]]:
+    """Each unit's part, or its fragments, by unit (a part makes any fragment beside it
+    redundant: a crash came between the part and deleting them)."""
+    folder = parts_dir(run_dir)
+    if not folder.is_dir():
+        return {}
+    wholes: dict[int, list[Path]] = {}
+    fragments: dict[int, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if m := PART_NAME.match(path.name):
+            wholes[int(m.group(1))] = [path]
+        elif m := FRAGMENT_NAME.match(path.name):
+            fragments.setdefault(int(m.group(1)), []).append(path)
+    return {**fragments, **wholes}
 
 
 def finished_units(run_dir: Path) -> set[int]:

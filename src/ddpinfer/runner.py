@@ -67,8 +67,8 @@ class RunResult:
     run_dir: Path
     output: Path | None
     """The merged result file (rank 0 only)."""
-    units_done: list[int]
-    """Work units this rank ran in this invocation."""
+    written: list[Path]
+    """The part and fragment files this rank wrote in this invocation."""
 
 
 def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
@@ -156,35 +156,36 @@ def _run(
         keep = plan.spec.keep
         agreed(group, lambda: check_kept_fields(task, keep, plan.spec) if env.is_main else None)
     clock.lap("model_load")
-    done, record = _infer(cfg, env, device, run_dir, plan, task, watch)
+    written, record = _infer(cfg, env, device, run_dir, plan, task, watch)
     clock.lap("inference")
     faults.at_finish(cfg.fault, env.rank, env.attempt)
     watch.phase("finish")
     ranks = group.all_gather_object(record, finishing=True)
     # Heartbeats go on through the transfer and the merge: a node lost there is noticed.
     watch.phase("transfer")
-    collect_parts(group, run_dir, [*plan.send_later, *done], plan.shares)
+    collect_parts(group, run_dir, [*plan.send_later, *written], plan.shares)
     if env.is_main:
         watch.phase("merge")
         merged = _merge(run_dir, plan, record["seconds"], watch.fence)
         clock.lap("merge")
         watch.fence()
         _finish(cfg, env, clock, ranks, run_dir, plan, merged, task)
-    return RunResult(run_dir, plan.output.path if env.is_main else None, done)
+    return RunResult(run_dir, plan.output.path if env.is_main else None, written)
 
 
 def _infer(cfg: Config, env, device, run_dir: Path, plan: Plan, task, watch: Watch):
-    """This rank's inference phase, then the wait for every other rank's: the units it ran,
-    and its stats record."""
+    """This rank's inference phase, then the wait for every other rank's: the part and fragment
+    files it wrote, and its stats record."""
     started = time.perf_counter()
     watch.start_work()
     total = plan.units[-1].stop if plan.units else 0
-    progress = Progress(env, total, total - sum(len(plan.units[u]) for u in plan.pending), cfg.log)
+    left = sum(len(plan.units[u]) - len(plan.done_rows.get(u, ())) for u in plan.pending)
+    progress = Progress(env, total, total - left, cfg.log)
     try:
         done, stats = [], Throughput()
         if task is not None:
             done, stats = run_units(
-                cfg, env, run_dir, plan, task, watch, progress.reporter.unit_done
+                cfg, env, run_dir, plan, task, watch, progress.reporter.batch_done
             )
         counts = {
             **dataclasses.asdict(stats),
@@ -260,7 +261,7 @@ def main(cfg: DictConfig) -> None:
         code = EXIT_USER_ERROR
     except Preempted as e:
         report(f"{e}; finished work is kept: run the same command again to resume")
-        code = EXIT_PREEMPTED
+        code = e.exit_code
     except PeerFailed as e:
         report(f"stopping because {e}; finished work is kept for a re-run")
         code = EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED

@@ -1,41 +1,46 @@
-"""Finished work units encoded as Arrow and written as part files, on a background thread, so
-the compute thread only runs batches. An error on the thread surfaces on the compute thread at
+"""Results to disk, on a background thread, so the compute thread only runs batches: each
+finished batch appended to its window's journal (durable before the next is appended), each
+finished unit written as its part (or a fragment of it), and a window's journal deleted once
+every unit of the window is written. An error on the thread surfaces on the compute thread at
 its next step."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ddpinfer.compute.windows import UnitResult
+from ddpinfer.compute.windows import BatchResult, UnitResult
+from ddpinfer.inputs import Row
+from ddpinfer.journal import Journal
 from ddpinfer.parts import build_table, write_part
 
 MAX_PENDING = 8
-"""Finished units waiting to be written, at most."""
+"""Results waiting to be written, at most: a slow or hung filesystem holds the compute thread
+back (and its stall clock runs) instead of letting results pile up in memory."""
 
 
 class PartWriter:
-    """Encodes finished units as Arrow and writes their part files, off the compute thread;
-    ``keep`` names the input fields (from ``Row.fields``) written beside the results;
-    ``before_write`` runs before each part is written, and may refuse it by raising."""
+    """``keep`` names the input fields (from ``Row.fields``) written beside the results;
+    ``before_write`` runs before each write, and may refuse it by raising."""
 
     def __init__(
         self,
         run_dir: Path,
-        on_written: Callable[[UnitResult], None] = lambda r: None,
         keep: tuple[str, ...] = (),
         before_write: Callable[[], None] = lambda: None,
     ):
         self.run_dir = run_dir
         self.keep = keep
         self.before_write = before_write
-        self.on_written = on_written
-        self.done: list[int] = []
-        # Bounded: a slow or hung filesystem holds the compute thread back (and its stall clock
-        # runs) instead of letting finished results pile up in memory.
-        self._queue: queue.Queue[UnitResult | None] = queue.Queue(maxsize=MAX_PENDING)
+        self.done: list[Path] = []
+        """The part and fragment files written, in order."""
+        self.units_done: list[int] = []
+        self._journals: dict[Any, Journal] = {}
+        self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=MAX_PENDING)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="ddpinfer-writer", daemon=True)
 
@@ -51,30 +56,54 @@ class PartWriter:
             self.check()
 
     def submit(self, result: UnitResult) -> None:
-        self.check()
-        self._queue.put(result)
+        """A unit whose rows are all done in its window."""
+        self._put(("unit", result))
+
+    def submit_batch(self, window: Any, result: BatchResult) -> None:
+        """A batch of ``window`` (any key naming it) is done: into the window's journal."""
+        self._put(("batch", window, result))
+
+    def end_window(self, window: Any) -> None:
+        """Every unit of ``window`` was submitted: its journal goes once they are written."""
+        self._put(("end", window))
 
     def check(self) -> None:
         if self._error is not None:
             raise self._error
 
+    def _put(self, item: tuple) -> None:
+        self.check()
+        self._queue.put(item)
+
     def _write(self) -> None:
-        while (result := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             if self._error is not None:
                 continue
             try:
-                rows = [result.rows[i] for i in result.good]
-                kept = {k: [r.fields[k] for r in rows] for k in self.keep}  # type: ignore[index]
-                table = build_table(
-                    [r.index for r in rows],
-                    [r.id for r in rows],
-                    result.columns,
-                    result.errors,
-                    kept,
-                )
-                self.before_write()  # raises when the job no longer owns the run directory
-                write_part(self.run_dir, result.unit, table)
-                self.done.append(result.unit)
-                self.on_written(result)
+                self._handle(item)
             except BaseException as e:
                 self._error = e
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "end":
+            journal = self._journals.pop(item[1], None)
+            if journal is not None:
+                journal.delete()
+            return
+        self.before_write()  # raises when the job no longer owns the run directory
+        if kind == "batch":
+            _, window, result = item
+            journal = self._journals.setdefault(window, Journal(self.run_dir))
+            journal.append(self._table(result.rows, result.columns, result.errors))
+            return
+        result = item[1]
+        rows = [result.rows[i] for i in result.good]
+        tag = uuid.uuid4().hex if result.fragment else None
+        table = self._table(rows, result.columns, result.errors)
+        self.done.append(write_part(self.run_dir, result.unit, table, tag))
+        self.units_done.append(result.unit)
+
+    def _table(self, rows: list[Row], columns: dict[str, Any], errors: list[dict]):
+        kept = {k: [r.fields[k] for r in rows] for k in self.keep}  # type: ignore[index]
+        return build_table([r.index for r in rows], [r.id for r in rows], columns, errors, kept)

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UnitResult:
-    """One work unit's outcome: the rows that ran with their task columns, and the rest."""
+    """One work unit's outcome in a window: the rows that ran with their task columns, and the
+    rest."""
 
     unit: int
     rows: list[Row]
@@ -51,6 +52,19 @@ class UnitResult:
     """Task field -> one value per good row (a 2-D array for embeddings, a list otherwise)."""
     errors: list[dict[str, Any]]
     """``{"row", "id", "error"}`` for each row that could not be run."""
+    fragment: bool = False
+    """Only some of the unit's rows: an earlier attempt left the others done."""
+
+
+@dataclass
+class BatchResult:
+    """One batch's outcome, for the window's journal: the rows that ran, their task columns (as
+    in ``UnitResult``), and the rows that could not run. A window's inputs that could not even
+    be prepared come as one such result, before its first batch."""
+
+    rows: list[Row]
+    columns: dict[str, Any]
+    errors: list[dict[str, Any]]
 
 
 @dataclass
@@ -59,7 +73,9 @@ class Window:
 
     units: list[int]
     rows: list[list[Row]]
-    """Each unit's rows."""
+    """Each unit's rows (those still to run: rows an earlier attempt finished are left out)."""
+    fragments: set[int] = field(default_factory=set)
+    """The units (by value) with rows left out: their results are fragments."""
     flat: list[Row] = field(default_factory=list)
     items: list[Any] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
@@ -73,10 +89,16 @@ class Window:
 
 
 def prepare_window(
-    task: Task, units: list[int], rows: list[list[Row]], limits: BatchLimits, pin: bool = False
+    task: Task,
+    units: list[int],
+    rows: list[list[Row]],
+    limits: BatchLimits,
+    pin: bool = False,
+    fragments: set[int] | None = None,
 ) -> Window:
     """Tokenize every runnable row once, sort by cost and cut batches (background thread)."""
-    window = Window(units, rows, flat=[r for unit_rows in rows for r in unit_rows])
+    flat = [r for unit_rows in rows for r in unit_rows]
+    window = Window(units, rows, fragments=set(fragments or ()), flat=flat)
     runnable = []
     for pos, row in enumerate(window.flat):
         if row.error is not None:
@@ -151,15 +173,19 @@ class WindowRunner:
         self,
         window: Window,
         unit_done: Callable[[UnitResult], None],
+        batch_done: Callable[[BatchResult], None] = lambda result: None,
         near_end: Callable[[], None] = lambda: None,
         lead_s: float = 0.0,
     ) -> None:
-        """Run every batch of ``window``; ``unit_done`` gets each unit as soon as all of its rows
-        are done; ``near_end`` is called once, when about ``lead_s`` seconds of compute are left
-        (time to claim and prepare the next window, and no earlier: a claim taken too soon is
-        work another rank could have done)."""
+        """Run every batch of ``window``. ``batch_done`` gets each batch's results as soon as it
+        is done (and first the window's inputs that could not be prepared); ``unit_done`` each
+        unit as soon as all of its rows are; ``near_end`` is called once, when about ``lead_s``
+        seconds of compute are left (time to claim and prepare the next window, and no earlier:
+        a claim taken too soon is work another rank could have done)."""
         outputs: dict[int, tuple[dict[str, Any], int]] = {}  # position -> (columns, index)
         errors = dict(window.errors)
+        if errors:
+            batch_done(self._batch_result(window, sorted(errors), outputs, errors))
         left, unit_of = self._unit_counts(window, errors)
         for unit_index, count in enumerate(left):
             if count == 0:
@@ -177,6 +203,7 @@ class WindowRunner:
             self.stats.compute_seconds += time.perf_counter() - began
             self._busy_tokens += sizes[n]
             tokens_left -= sizes[n]
+            batch_done(self._batch_result(window, batch, outputs, errors))
             for pos in batch:
                 u = unit_of[pos]
                 left[u] -= 1
@@ -184,6 +211,16 @@ class WindowRunner:
                     unit_done(self._assemble(window, u, outputs, errors))
         if not signalled:
             near_end()
+
+    @staticmethod
+    def _batch_result(window: Window, batch: list[int], outputs, errors) -> BatchResult:
+        good = sorted(p for p in batch if p in outputs)
+        bad = [
+            {"row": window.flat[p].index, "id": window.flat[p].id, "error": errors[p]}
+            for p in batch
+            if p in errors
+        ]
+        return BatchResult([window.flat[p] for p in good], _gather([outputs[p] for p in good]), bad)
 
     def _seconds_for(self, tokens: int, last: bool) -> float:
         """Estimated compute time of ``tokens`` padded tokens (0 for the last batch when
@@ -212,14 +249,9 @@ class WindowRunner:
             for p in positions
             if p in errors
         ]
-        columns: dict[str, Any] = {}
-        if good:
-            picks = [outputs.pop(start + g) for g in good]
-            for name in picks[0][0]:
-                values = [cols[name][i] for cols, i in picks]
-                first = picks[0][0][name]
-                columns[name] = np.stack(values) if isinstance(first, np.ndarray) else values
-        return UnitResult(window.units[u], rows, good, columns, bad)
+        columns = _gather([outputs.pop(start + g) for g in good])
+        unit = window.units[u]
+        return UnitResult(unit, rows, good, columns, bad, fragment=unit in window.fragments)
 
     def _run_fitting(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
         """Run a planned batch, in pieces if the budget shrank since it was planned."""
@@ -280,6 +312,17 @@ class WindowRunner:
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
             self._run_batch(window, part, None, outputs, errors)
+
+
+def _gather(picks: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+    """Columns of the rows picked from the batches' outputs (``(columns, index)`` each)."""
+    columns: dict[str, Any] = {}
+    if picks:
+        for name in picks[0][0]:
+            values = [cols[name][i] for cols, i in picks]
+            first = picks[0][0][name]
+            columns[name] = np.stack(values) if isinstance(first, np.ndarray) else values
+    return columns
 
 
 class TransientError(RuntimeError):

@@ -2,8 +2,9 @@
 
 Exit codes: 0 done; 1 an unexpected error (a traceback follows) or this rank stalled; 2 bad
 input or configuration (the message says what to fix); 3 another rank failed, stalled or died
-(that rank is named); 75 (EX_TEMPFAIL) stopped by
-SIGTERM/SIGUSR1 (preemption, a SLURM time limit) with finished work kept: run again to resume.
+(that rank is named); 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGUSR1 (preemption, a SLURM time
+limit) with finished work kept: run again to resume; 130 stopped by Ctrl-C (SIGINT), the same
+way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXIT_UNEXPECTED = 1
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILED = 3
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def config_errors_exit_2(hydra_main: Callable[[], None]) -> None:
@@ -49,7 +51,7 @@ def end_sweep_job(code: int) -> None:
     """Hand the outcome to the launcher: return on success; on preemption leave without a
     result (the scheduler requeues the job, which resumes); on failure raise, so the sweep
     reports it."""
-    if code == EXIT_PREEMPTED:
+    if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
         raise SystemExit(code)
     if code:
         raise RuntimeError(f"ddpinfer stopped with exit code {code}; the reason is printed above")
@@ -70,35 +72,53 @@ class Stalled(RuntimeError):
 class Preempted(RuntimeError):
     """A stop signal arrived; finished work is kept and a re-run resumes."""
 
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signal_name == "SIGINT" else EXIT_PREEMPTED
+
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 ask the run to stop at the next batch boundary; a second signal,
-    later, stops the process at once (finished units are on disk either way)."""
+    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) ask the run to stop. While batches run, at the next
+    batch boundary, so that the batch in flight is kept; before that (the preflight, loading
+    the model) there is no finished work to keep: at once. A second signal, later, stops the
+    process at once (finished batches are on disk either way)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     # A launcher often passes a signal on that the process also got directly (torchrun under
-    # SLURM): a repeat this soon is the same request, not an insistence.
+    # SLURM, or Ctrl-C reaching torchrun and its workers alike): a repeat this soon is the same
+    # request, not an insistence.
     REPEAT_WINDOW_S = 5.0
 
     def __init__(self) -> None:
         self.received: str | None = None
         self._received_at = 0.0
+        self._at_batch_boundary = False
 
     def install(self) -> StopSignals:
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
         return self
 
+    def work_started(self) -> None:
+        """From now on a stop waits for the batch in flight (it is kept)."""
+        self._at_batch_boundary = True
+
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
             if time.monotonic() - self._received_at > self.REPEAT_WINDOW_S:
-                os._exit(EXIT_PREEMPTED)
+                os._exit(EXIT_INTERRUPTED if name == "SIGINT" else EXIT_PREEMPTED)
             return
         self.received, self._received_at = name, time.monotonic()
+        if not self._at_batch_boundary:
+            raise Preempted(name)  # interrupts the main thread now: nothing finished to lose
         log.warning("%s received: stopping after the current batch; finished work is kept", name)
 
     def check(self) -> None:
         if self.received is not None:
-            raise Preempted(f"stopped by {self.received}")
+            raise Preempted(self.received)

@@ -47,8 +47,10 @@ class Watch:
         self._fence.check()
 
     def start_work(self) -> None:
-        """The inference loop starts: the stall clock runs from here to the last batch."""
+        """The inference loop starts: the stall clock runs from here to the last batch, and a
+        stop signal waits for the batch in flight."""
         self.phase("work")
+        self.signals.work_started()
         if self.liveness is not None:
             self.liveness.progress()
 

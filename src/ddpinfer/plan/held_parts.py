@@ -14,9 +14,10 @@ import logging
 import uuid
 from pathlib import Path
 
+from ddpinfer.journal import salvage
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.parts import drop_unreadable_parts, finished_units, part_path, parts_dir
-from ddpinfer.plan import fingerprint
+from ddpinfer.parts import drop_unreadable_parts, parts_dir, unit_files
+from ddpinfer.plan import fingerprint, finished
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +42,78 @@ def ranks_sharing_run_dir(group: ProcessGroup, run_dir: Path, setting: str) -> l
             probe.unlink(missing_ok=True)
 
 
-def reconcile_held_parts(run_dir: Path, current: dict, started_fresh: bool) -> list[int]:
-    """On a node that does not share rank 0's run directory: the finished units its own run
-    directory holds that were computed from this run's inputs, model and settings. Parts that
-    cannot be trusted (no fingerprint, another run's, rows changed, run.fresh) are deleted, then
-    rank 0's fingerprint is stored beside the parts this attempt will add."""
+def reconcile_held_parts(
+    run_dir: Path, current: dict, started_fresh: bool, units: list[range]
+) -> dict[int, list[int] | None]:
+    """On a node that does not share rank 0's run directory: the work its own run directory
+    holds that was computed from this run's inputs, model and settings, by unit: None for a
+    whole unit, else the rows its fragments hold (journals are salvaged first). What cannot be
+    trusted (no fingerprint, another run's, rows changed, run.fresh) is deleted, then rank 0's
+    fingerprint is stored beside the work this attempt will add."""
     if broken := drop_unreadable_parts(run_dir):
-        log.warning("%d part file(s) cannot be read (cut short?): deleted", len(broken))
-    held = finished_units(run_dir)
-    stored = fingerprint.load(run_dir)
-    stale: set[int] = set()
-    if started_fresh or (held and stored is None):
-        stale = held
-    elif stored is not None and held:
-        try:
-            stale = set(fingerprint.changed_units(run_dir, stored, current)) & held
-        except fingerprint.FingerprintMismatch:
-            stale = held
+        log.warning("%d unit(s) had a file that cannot be read (cut short?): deleted", len(broken))
+    whole = {
+        u
+        for u, paths in unit_files(run_dir).items()
+        if len(paths) == 1 and ".f-" not in paths[0].name
+    }
+    unit_size = len(units[0]) if units else 1
+    salvage(run_dir, unit_size, whole)
+    files = unit_files(run_dir)
+    stale = _stale(run_dir, current, started_fresh, set(files))
     if stale:
         log.warning(
-            "%d finished unit(s) in this node's %s were not computed from this run's inputs, "
+            "%d unit(s) of work in this node's %s were not computed from this run's inputs, "
             "model and settings (or run.fresh=true): deleting them",
             len(stale),
             parts_dir(run_dir),
         )
         for unit in stale:
-            part_path(run_dir, unit).unlink(missing_ok=True)
+            for path in files.pop(unit):
+                path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint.store(run_dir, current)
-    return sorted(held - stale)
+    done = finished.done_rows(files, units)
+    return {u: None if rows is None else sorted(rows) for u, rows in done.items()}
 
 
-def assign_held_parts(pending: list[int], held: list[list[int] | None]) -> dict[int, list[int]]:
-    """Which rank sends which pending unit that a node already holds (by rank; the lowest rank
-    holding a unit sends it)."""
-    todo, senders = set(pending), {}
-    for rank, units in enumerate(held):
-        mine = sorted(todo.intersection(units or ()))
-        if mine:
-            senders[rank] = mine
-            todo.difference_update(mine)
-    return senders
+def _stale(run_dir: Path, current: dict, started_fresh: bool, held: set[int]) -> set[int]:
+    if started_fresh or not held:
+        return held
+    try:
+        stored = fingerprint.load(run_dir)
+        if stored is None:
+            return held
+        return set(fingerprint.changed_units(run_dir, stored, current)) & held
+    except fingerprint.FingerprintMismatch:
+        return held
+
+
+def assign_held_parts(
+    pending: list[int],
+    done_rows: dict[int, list[int]],
+    held: list[dict[int, list[int] | None] | None],
+    units: list[range],
+) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
+    """Which rank sends which units' files from an earlier attempt (by rank: a whole unit by the
+    lowest rank holding it; fragments by each rank holding some), and what is left to compute:
+    the pending units and, for those half done, the rows done (rank 0's and the nodes' together).
+    Fragments on a node that overlap rows known done elsewhere are not trusted: not sent."""
+    senders: dict[int, list[int]] = {}
+    still, rows_done = [], {}
+    for unit in pending:
+        whole = next((r for r, h in enumerate(held) if h and unit in h and h[unit] is None), None)
+        if whole is not None:
+            senders.setdefault(whole, []).append(unit)
+            continue
+        rows = set(done_rows.get(unit, ()))
+        for rank, h in enumerate(held):
+            theirs = set((h or {}).get(unit) or ())
+            if theirs and not theirs & rows:
+                rows |= theirs
+                senders.setdefault(rank, []).append(unit)
+        if len(rows) < len(units[unit]):
+            still.append(unit)
+            if rows:
+                rows_done[unit] = sorted(rows)
+    return still, rows_done, senders

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,8 +24,8 @@ from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
-from ddpinfer.parts import drop_unreadable_parts, finished_units, part_path, parts_dir
-from ddpinfer.plan import fingerprint, work_units
+from ddpinfer.parts import parts_dir, unit_files
+from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
 from ddpinfer.plan.task_needs import check_keep_fields, check_model_path, input_fields, model_path
@@ -45,8 +45,11 @@ class Plan:
     output: Output
     shares: list[bool]
     """For each rank, whether it sees rank 0's run directory (else it sends its parts)."""
-    send_later: list[int]
-    """Units this rank's node finished in an earlier attempt, to send to rank 0 at the end."""
+    send_later: list[Path]
+    """Part and fragment files this rank's node holds from an earlier attempt, to send to
+    rank 0 at the end."""
+    done_rows: dict[int, frozenset[int]] = field(default_factory=dict)
+    """For pending units an earlier attempt left half done: the rows it finished."""
 
 
 def input_spec(cfg: Config) -> inputs.InputSpec:
@@ -95,37 +98,6 @@ def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
     return True
 
 
-def _reconcile(run_dir: Path, new: dict) -> bool:
-    """Check the stored fingerprint against this run's and store this run's; drop the parts of
-    units whose rows changed. True if an earlier run left a fingerprint."""
-    stored = fingerprint.load(run_dir)
-    broken = drop_unreadable_parts(run_dir)
-    if broken:
-        log.warning(
-            "%d part file(s) in %s cannot be read (cut short?): recomputing unit(s) %s",
-            len(broken),
-            parts_dir(run_dir),
-            ", ".join(map(str, broken[:20])) + (" ..." if len(broken) > 20 else ""),
-        )
-    done = finished_units(run_dir)
-    if stored is None and done:
-        raise fingerprint.refuse_parts_without_fingerprint(run_dir, len(done))
-    stale = []
-    if stored is not None:
-        stale = sorted(set(fingerprint.changed_units(run_dir, stored, new)) & done)
-    if stale:
-        log.warning(
-            "the input rows of %d finished work unit(s) changed since they were computed; "
-            "recomputing them: unit(s) %s",
-            len(stale),
-            ", ".join(map(str, stale[:20])) + (" ..." if len(stale) > 20 else ""),
-        )
-        for unit in stale:  # before the new fingerprint: a crash in between loses nothing
-            part_path(run_dir, unit).unlink(missing_ok=True)
-    fingerprint.store(run_dir, new)
-    return stored is not None
-
-
 def _plan_on_main(
     cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
 ) -> dict:
@@ -137,12 +109,13 @@ def _plan_on_main(
         check_bad_share(scan, cfg.data.max_bad, spec.source)
     unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
-    resumed = _reconcile(run_dir, new)
+    resumed, files = finished.reconcile(run_dir, new, unit_size)
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     units = work_units.plan_units(scan.num_rows, unit_size)
-    done = finished_units(run_dir)
-    pending = [i for i in range(len(units)) if i not in done]
+    done = finished.done_rows(files, units)
+    pending = [i for i in range(len(units)) if i not in done or done[i] is not None]
+    partial = {u: sorted(rows) for u, rows in done.items() if rows is not None}
     if scan.bad_rows:
         log.warning(
             "%d bad input(s) will be skipped and recorded in %s",
@@ -150,16 +123,21 @@ def _plan_on_main(
             run_dir / "errors.jsonl",
         )
     if resumed:
+        rows_left = sum(len(units[u]) - len(partial.get(u, ())) for u in pending)
         log.info(
-            "resuming: %d of %d work unit(s) already done by an earlier run, %d to do",
+            "resuming: %d of %d work unit(s) already done by an earlier run (%d of %d "
+            "inputs); %d input(s) to do",
             len(units) - len(pending),
             len(units),
-            len(pending),
+            scan.num_rows - rows_left,
+            scan.num_rows,
+            rows_left,
         )
     return {
         "num_rows": scan.num_rows,
         "unit_size": unit_size,
         "pending": pending,
+        "done_rows": partial,
         "bad_rows": scan.duplicates,
         "inputs_digest": scan.digest,
         # for nodes without rank 0's run directory, to check the parts they hold against
@@ -199,10 +177,10 @@ def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -
         digest = plan["inputs_digest"]
         own = mine if isinstance(mine, str) else None
         agreed(group, lambda: _check_copy(spec, env, own, digest) if own else None)
-    pending, send_later = plan["pending"], []
-    if not all(shares):
-        pending, send_later = _take_held_units(env, group, run_dir, shares, plan)
     units = work_units.plan_units(plan["num_rows"], plan["unit_size"])
+    pending, done_rows, send_later = plan["pending"], plan["done_rows"], []
+    if not all(shares):
+        pending, done_rows, send_later = _take_held_units(env, group, run_dir, shares, plan, units)
     log.info(
         "%d input(s) in %d work unit(s) of up to %d; %d unit(s) to run on %d rank(s)",
         plan["num_rows"],
@@ -220,28 +198,37 @@ def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -
         output,
         shares,
         send_later,
+        {unit: frozenset(rows) for unit, rows in done_rows.items()},
     )
 
 
 def _take_held_units(
-    env: LaunchEnv, group: ProcessGroup, run_dir: Path, shares: list[bool], plan: dict
-) -> tuple[list[int], list[int]]:
-    """Units finished on nodes without rank 0's run directory in an earlier attempt (checked
-    there against rank 0's fingerprint) are not recomputed: the node sends them at the end.
-    Returns the units still to compute, and those this rank sends."""
+    env: LaunchEnv,
+    group: ProcessGroup,
+    run_dir: Path,
+    shares: list[bool],
+    plan: dict,
+    units: list[range],
+) -> tuple[list[int], dict[int, list[int]], list[Path]]:
+    """Work finished on nodes without rank 0's run directory in an earlier attempt (checked
+    there against rank 0's fingerprint) is not recomputed: the node sends it at the end.
+    Returns the units still to compute, the rows of them done, and the files this rank sends."""
     checks_node = not shares[env.rank] and env.local_rank == 0
     held = (
-        reconcile_held_parts(run_dir, plan["fingerprint"], plan["started_fresh"])
+        reconcile_held_parts(run_dir, plan["fingerprint"], plan["started_fresh"], units)
         if checks_node
         else None
     )
-    senders = assign_held_parts(plan["pending"], group.all_gather_object(held))
-    for rank, units in senders.items() if env.is_main else ():
+    pending, done_rows, senders = assign_held_parts(
+        plan["pending"], plan["done_rows"], group.all_gather_object(held), units
+    )
+    for rank, sent in senders.items() if env.is_main else ():
         log.info(
-            "rank %d's node holds %d finished unit(s) from an earlier attempt: sent at the "
-            "end, not recomputed",
+            "rank %d's node holds work on %d unit(s) from an earlier attempt: sent at the end, "
+            "not recomputed",
             rank,
-            len(units),
+            len(sent),
         )
-    taken = {unit for units in senders.values() for unit in units}
-    return [u for u in plan["pending"] if u not in taken], senders.get(env.rank, [])
+    files = unit_files(run_dir)
+    mine = [path for unit in senders.get(env.rank, []) for path in files.get(unit, [])]
+    return pending, done_rows, mine

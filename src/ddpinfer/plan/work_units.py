@@ -7,10 +7,12 @@ units stay valid when a run resumes with a different number of ranks.
 
 Ranks claim the pending units through one atomic counter (the rendezvous store's ``add``), a
 window of consecutive units at a time: large windows while much is left (inputs are sorted by
-length across a window, so batches pack tightly), one unit at a time near the end, so a slow
-rank simply takes fewer units and all ranks finish together. Each window is a ``1/(2 ×
-world_size)`` share of what is left ("factoring"): even a rank that takes the first window and
-turns out 3× slower than the others finishes it within the ideal time.
+length across a window, so batches pack tightly), one unit at a time near the end. A window is
+this rank's share of half of what is left, its share being its measured speed over the sum of
+every rank's ("weighted factoring"): each window takes every rank about half the remaining
+ideal time, however fast or slow it is, so all ranks finish together. Until a rank has measured
+itself, its windows are a single unit: a rank that turns out 10x slower than the others holds
+no more than one unit of work nobody else can do.
 """
 
 from __future__ import annotations
@@ -55,33 +57,53 @@ class UnitClaims:
     """Windows of pending units for this rank, claimed through a shared counter.
 
     ``add(n)`` atomically adds ``n`` to the counter shared by all ranks and returns the new
-    value (the store's ``add``), so each claimed range is this rank's alone. A window takes
-    ``remaining / (2 × world_size)`` units, at most ``max_rows`` rows' worth and at least one.
-    Ranks that read ``remaining`` at the same moment take the same share of it, which still
-    hands out at most half of what is left.
+    value (the store's ``add``), so each claimed range is this rank's alone. ``rates()`` gives
+    every rank's measured speed (inputs/s; None where a rank has measured nothing yet), by
+    rank. A window takes ``remaining × mine / sum(rates) / 2`` units, at most ``max_rows``
+    rows' worth and at least one; one unit while this rank has no rate of its own. Ranks that
+    read ``remaining`` at the same moment take their shares of it, which still hands out at
+    most half of what is left.
     """
 
     def __init__(
         self,
         pending: list[int],
         unit_size: int,
-        world_size: int,
+        rank: int,
         max_rows: int,
         add: Callable[[int], int],
+        rates: Callable[[], list[float | None]],
     ) -> None:
         self.pending = pending
-        self.world_size = world_size
+        self.rank = rank
         self.max_units = max(1, max_rows // max(1, unit_size))
         self.add = add
+        self.rates = rates
 
     def next(self) -> list[int]:
         """The next window (positions into ``pending``' units, ascending); [] when all are out."""
         remaining = len(self.pending) - self.add(0)
         if remaining <= 0:
             return []
-        want = max(1, min(self.max_units, math.ceil(remaining / (2 * self.world_size))))
+        want = max(1, min(self.max_units, math.ceil(remaining * self.share() / 2)))
         end = self.add(want)  # units [end - want, end) are ours; past the last one, nothing
         return self.pending[end - want : min(end, len(self.pending))]
+
+    def share(self) -> float:
+        """This rank's part of the work still to hand out: its speed over all ranks' speeds. A
+        rank that has measured nothing yet counts as fast as the fastest one measured (it may
+        be); until this rank has measured itself, it asks for one unit."""
+        rates = self.rates()
+        mine = rates[self.rank]
+        if not mine:
+            return 0.0
+        fastest = max(r for r in rates if r)
+        return mine / sum(r or fastest for r in rates)
+
+
+def one_rank_rates() -> list[float | None]:
+    """The rates of a world of one: its share is everything."""
+    return [1.0]
 
 
 def local_counter() -> Callable[[int], int]:

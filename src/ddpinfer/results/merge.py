@@ -1,7 +1,8 @@
 """Rank 0's last step: stream the part files, in row order, into one verified output file.
 
-Memory stays bounded by one part at a time. Every row must appear exactly once (as a result or
-as an error), or the merge stops naming what is missing or duplicated, and no output is written.
+Memory stays bounded by one unit at a time (its part, or its fragments combined). Every row must
+appear exactly once (as a result or as an error), or the merge stops naming what is missing or
+duplicated, and no output is written.
 Results are never re-parsed: Arrow columns go to Parquet and to a Hugging Face ``datasets`` folder
 as they are, to ``.npy`` as raw float32, and to JSON Lines through orjson (float32 values in their
 shortest form). Input fields kept with ``output.keep_fields`` come right after the id.
@@ -26,12 +27,16 @@ from ddpinfer.errors import UserError
 from ddpinfer.parts import (
     ERRORS_KEY,
     ID_ENCODING_KEY,
-    KEPT_ENCODING_KEY,
     KEPT_PREFIX,
-    finished_units,
+    combine_parts,
+    is_json,
+    is_kept,
     kept_json,
-    part_path,
+    kept_values,
+    python_ids,
+    read_errors,
     read_part,
+    unit_files,
 )
 from ddpinfer.plan import ids_path
 
@@ -40,9 +45,8 @@ class MergeError(UserError):
     """The parts do not cover every input exactly once."""
 
 
-def _missing_units(run_dir: Path, units: list[range]) -> None:
-    done = finished_units(run_dir)
-    missing = [i for i in range(len(units)) if i not in done]
+def _check_complete(files: dict[int, list[Path]], units: list[range]) -> None:
+    missing = [i for i in range(len(units)) if i not in files]
     if missing:
         shown = ", ".join(
             f"unit {i} (rows {units[i].start}-{units[i].stop - 1})" for i in missing[:5]
@@ -51,63 +55,48 @@ def _missing_units(run_dir: Path, units: list[range]) -> None:
         raise MergeError(f"{len(missing)} work unit(s) have no results: {shown}{more}.")
 
 
-def _checked_parts(run_dir: Path, units: list[range]) -> Iterator[tuple[pa.Table, list[dict]]]:
-    """Each unit's table and error records, after checking they are exactly its rows."""
-    _missing_units(run_dir, units)
+def _checked_parts(
+    files: dict[int, list[Path]], units: list[range]
+) -> Iterator[tuple[pa.Table, list[dict]]]:
+    """Each unit's table (its part, or its fragments combined) and error records, after
+    checking they hold exactly its rows."""
+    _check_complete(files, units)
     for i, unit in enumerate(units):
-        table, errors = read_part(part_path(run_dir, i))
+        paths = files[i]
+        if len(paths) == 1:
+            table, errors = read_part(paths[0])
+        else:
+            table = combine_parts([read_part(path)[0] for path in paths])
+            errors = read_errors(table)
         rows = table.column("row").to_numpy()
         every = np.concatenate([rows, np.array([e["row"] for e in errors], dtype=np.int64)])
         if len(every) != len(unit) or not np.array_equal(
             np.sort(every), np.arange(unit.start, unit.stop)
         ):
-            raise MergeError(_describe_mismatch(part_path(run_dir, i), unit, every, table))
+            raise MergeError(_describe_mismatch(paths, unit, every, table))
         yield table, errors
 
 
-def _describe_mismatch(path: Path, unit: range, rows: np.ndarray, table: pa.Table) -> str:
+def _describe_mismatch(paths: list[Path], unit: range, rows: np.ndarray, table: pa.Table) -> str:
     values, counts = np.unique(rows, return_counts=True)
     dup = set(values[counts > 1].tolist())
     ids = dict(zip(table.column("row").to_pylist(), python_ids(table)))
     missing = sorted(set(unit) - set(values.tolist()))
     return (
-        f"{path}: expected rows {unit.start}-{unit.stop - 1} once each; "
+        f"{', '.join(map(str, paths))}: expected rows {unit.start}-{unit.stop - 1} once each; "
         f"missing rows {missing[:10]}, duplicated ids {[ids.get(r, r) for r in dup][:10]}, "
         f"unexpected rows {[r for r in values.tolist() if r not in unit][:10]}. "
-        f"HINT: delete this part file and re-run the same command to recompute it."
+        f"HINT: delete {'this file' if len(paths) == 1 else 'these files'} and re-run the same "
+        "command to recompute them."
     )
 
 
-def python_ids(table: pa.Table) -> list[Any]:
-    field = table.schema.field("id")
-    ids = table.column("id").to_pylist()
-    if (field.metadata or {}).get(ID_ENCODING_KEY) == b"json":
-        return [json.loads(i) for i in ids]
-    return ids
-
-
 def _task_fields(table: pa.Table) -> list[str]:
-    return [n for n in table.column_names if n not in ("row", "id") and not _is_kept(n)]
-
-
-def _is_kept(column: str) -> bool:
-    return column.startswith(KEPT_PREFIX)
+    return [n for n in table.column_names if n not in ("row", "id") and not is_kept(n)]
 
 
 def _kept_columns(table: pa.Table) -> list[str]:
-    return [n for n in table.column_names if _is_kept(n)]
-
-
-def _is_json(field: pa.Field) -> bool:
-    return (field.metadata or {}).get(KEPT_ENCODING_KEY) == b"json"
-
-
-def kept_values(table: pa.Table, column: str) -> list[Any]:
-    """A kept input field's values as they were in the input."""
-    values = table.column(column).to_pylist()
-    if _is_json(table.schema.field(column)):
-        return [json.loads(v) for v in values]
-    return values
+    return [n for n in table.column_names if is_kept(n)]
 
 
 def _kept_names(table: pa.Table) -> list[str]:
@@ -145,9 +134,10 @@ def merge_parts(
         tmp = stack.enter_context((atomic_dir if fmt == "hf_dataset" else atomic_path)(output))
         ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
         errors_file = stack.enter_context(atomic_text(errors_path))
-        writer = writer_class(tmp, ids_tmp, run_dir, units)
+        files = unit_files(run_dir)
+        writer = writer_class(tmp, ids_tmp, files, units)
         try:
-            for table, unit_errors in _checked_parts(run_dir, units):
+            for table, unit_errors in _checked_parts(files, units):
                 for record in unit_errors:
                     errors_file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 errors += len(unit_errors)
@@ -161,7 +151,9 @@ def merge_parts(
 
 
 class JsonlWriter:
-    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
+    def __init__(
+        self, tmp: Path, ids_tmp: Path | None, files: dict[int, list[Path]], units: list[range]
+    ):
         self.file = open(tmp, "wb")
 
     def write(self, table: pa.Table) -> None:
@@ -225,8 +217,8 @@ class _ArrowTableWriter:
     to the Arrow writer ``_open`` makes: the id and kept-field types every part agrees on are
     found before the first write."""
 
-    def __init__(self, run_dir: Path, units: list[range]):
-        self.id_type, self.kept_types = _output_types(run_dir, units)
+    def __init__(self, files: dict[int, list[Path]], units: list[range]):
+        self.id_type, self.kept_types = _output_types(files, units)
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
@@ -245,8 +237,10 @@ class ParquetWriter(_ArrowTableWriter):
     """Embeddings as a list of float32 (about their raw bytes); ids as int64 when every id is
     an integer, else as strings (an integer id 7 becomes "7")."""
 
-    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
-        super().__init__(run_dir, units)
+    def __init__(
+        self, tmp: Path, ids_tmp: Path | None, files: dict[int, list[Path]], units: list[range]
+    ):
+        super().__init__(files, units)
         self.tmp = tmp
 
     def _open(self, schema: pa.Schema) -> Any:
@@ -285,14 +279,14 @@ def _output_table(
 def _kept_output(table: pa.Table, column: str, kind: pa.DataType | None) -> Any:
     """A kept column as the type it has in every part (``None``: JSON text in all of them)."""
     if kind is None:
-        if _is_json(table.schema.field(column)):
+        if is_json(table.schema.field(column)):
             return table.column(column)
         return kept_json(kept_values(table, column))
     return table.column(column).cast(kind)  # null-typed (all values null) in this part: typed
 
 
 def _output_types(
-    run_dir: Path, units: list[range]
+    files: dict[int, list[Path]], units: list[range]
 ) -> tuple[pa.DataType, dict[str, pa.DataType | None]]:
     """From one pass over the parts' schemas: the id column's type (int64 when every part's ids
     are integers, else string) and each kept column's type: the one type its parts agree on
@@ -300,13 +294,13 @@ def _output_types(
     number in one part and a string in another)."""
     id_type = pa.int64()
     kinds: dict[str, set[Any]] = {}
-    for schema in _part_schemas(run_dir, units):
+    for schema in _part_schemas(files, units):
         if schema.field("id").type != pa.int64():
             id_type = pa.string()
-        for field in (f for f in schema if _is_kept(f.name)):
+        for field in (f for f in schema if is_kept(f.name)):
             seen = kinds.setdefault(field.name, set())
             if field.type != pa.null():
-                seen.add("json" if _is_json(field) else field.type)
+                seen.add("json" if is_json(field) else field.type)
     types: dict[str, pa.DataType | None] = {}
     for name, seen in kinds.items():
         only = next(iter(seen)) if len(seen) == 1 else None
@@ -321,8 +315,10 @@ class HfDatasetWriter(_ArrowTableWriter):
 
     DATA_FILE = "data-00000-of-00001.arrow"
 
-    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
-        super().__init__(run_dir, units)
+    def __init__(
+        self, tmp: Path, ids_tmp: Path | None, files: dict[int, list[Path]], units: list[range]
+    ):
+        super().__init__(files, units)
         self.folder = tmp
         self.sink = pa.OSFile(str(tmp / self.DATA_FILE), "wb")
 
@@ -356,10 +352,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _part_schemas(run_dir: Path, units: list[range]) -> Iterator[pa.Schema]:
+def _part_schemas(files: dict[int, list[Path]], units: list[range]) -> Iterator[pa.Schema]:
     for i in range(len(units)):
-        with pa.OSFile(str(part_path(run_dir, i))) as f:
-            yield pa.ipc.open_file(f).schema
+        for path in files[i]:
+            with pa.OSFile(str(path)) as f:
+                yield pa.ipc.open_file(f).schema
 
 
 class NpyWriter:
@@ -368,10 +365,13 @@ class NpyWriter:
     that ran (errors are in errors.jsonl), so it is known from the parts' error lists before
     any value is read."""
 
-    def __init__(self, tmp: Path, ids_tmp: Path | None, run_dir: Path, units: list[range]):
-        self.rows = 0
-        for unit, schema in zip(units, _part_schemas(run_dir, units)):
-            self.rows += len(unit) - len(json.loads((schema.metadata or {})[ERRORS_KEY]))
+    def __init__(
+        self, tmp: Path, ids_tmp: Path | None, files: dict[int, list[Path]], units: list[range]
+    ):
+        errors = sum(
+            len(json.loads((s.metadata or {})[ERRORS_KEY])) for s in _part_schemas(files, units)
+        )
+        self.rows = sum(len(unit) for unit in units) - errors
         self.file = open(tmp, "wb")
         self.ids_file = open(ids_tmp, "wb")  # type: ignore[arg-type]
         self.dim: int | None = None

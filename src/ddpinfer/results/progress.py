@@ -1,8 +1,8 @@
 """One progress bar for the whole job on rank 0, fed by every rank through the rendezvous store.
 
-Each rank adds its counts (inputs done, tokens) to its own keys in the store as each work unit
-is handed to the part writer: one store round trip per unit and no collective, so a slow rank
-never holds up the others. A thread on rank 0 reads every rank's keys about once a second and
+Each rank adds its counts (inputs done, tokens) to its own keys in the store as each batch is
+done: a store round trip per batch and no collective, so a slow rank never holds up the
+others. A thread on rank 0 reads every rank's keys about once a second and
 draws a tqdm bar on the console, or, without a terminal (or with ``log.progress=false``), logs
 one progress line every ``log.progress_every_s``. Progress is never a reason to fail a run: a
 store that cannot be reached only stops the display.
@@ -68,7 +68,7 @@ class Reporter:
         self.counts = RankCounts()
         self._broken = False
 
-    def unit_done(self, rows: int, errors: int, tokens_so_far: int) -> None:
+    def batch_done(self, rows: int, errors: int, tokens_so_far: int) -> None:
         """``tokens_so_far``: this rank's running total of real tokens."""
         added_tokens = tokens_so_far - self.counts.tokens
         self.counts.rows += rows

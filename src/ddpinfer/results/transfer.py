@@ -15,15 +15,16 @@ import torch.distributed as dist
 
 from ddpinfer.atomic import atomic_path
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.parts import part_path
+from ddpinfer.parts import FRAGMENT_NAME, PART_NAME, parts_dir
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20
 
 
-def collect_parts(group: ProcessGroup, run_dir: Path, my_units: list[int], shares: list[bool]):
-    """Every rank that does not share rank 0's run directory sends it its parts."""
+def collect_parts(group: ProcessGroup, run_dir: Path, mine: list[Path], shares: list[bool]):
+    """Every rank that does not share rank 0's run directory sends it the part and fragment
+    files it holds (``mine``): written in this attempt, or held from an earlier one."""
     senders = [r for r, shared in enumerate(shares) if not shared]
     if not senders:
         return
@@ -32,15 +33,16 @@ def collect_parts(group: ProcessGroup, run_dir: Path, my_units: list[int], share
         for rank in senders:
             _receive_parts(group, run_dir, rank)
     elif group.env.rank in senders:
-        _send_parts(group, run_dir, my_units)
+        _send_parts(group, mine)
 
 
-def _send_parts(group: ProcessGroup, run_dir: Path, units: list[int]) -> None:
-    dist.send(torch.tensor([len(units)], dtype=torch.int64), dst=0, group=group.control)
-    for unit in units:
-        path = part_path(run_dir, unit)
+def _send_parts(group: ProcessGroup, paths: list[Path]) -> None:
+    dist.send(torch.tensor([len(paths)], dtype=torch.int64), dst=0, group=group.control)
+    for path in paths:
+        name = path.name.encode()
         size = path.stat().st_size
-        dist.send(torch.tensor([unit, size], dtype=torch.int64), dst=0, group=group.control)
+        dist.send(torch.tensor([len(name), size], dtype=torch.int64), dst=0, group=group.control)
+        dist.send(torch.frombuffer(bytearray(name), dtype=torch.uint8), 0, group.control)
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK_BYTES):
                 dist.send(torch.frombuffer(bytearray(chunk), dtype=torch.uint8), 0, group.control)
@@ -53,11 +55,21 @@ def _receive_parts(group: ProcessGroup, run_dir: Path, src: int) -> None:
     for _ in range(int(count.item())):
         meta = torch.zeros(2, dtype=torch.int64)
         dist.recv(meta, src=src, group=group.control)
-        unit, size = (int(x) for x in meta)
-        with atomic_path(part_path(run_dir, unit)) as tmp, open(tmp, "wb") as f:
+        name_length, size = (int(x) for x in meta)
+        name = torch.empty(name_length, dtype=torch.uint8)
+        dist.recv(name, src=src, group=group.control)
+        target = parts_dir(run_dir) / _part_name(name.numpy().tobytes().decode())
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
             left = size
             while left:
                 view = buffer[: min(left, CHUNK_BYTES)]
                 dist.recv(view, src=src, group=group.control)
                 f.write(view.numpy().tobytes())
                 left -= view.numel()
+
+
+def _part_name(name: str) -> str:
+    """A received file's name, checked: a part or fragment, never a path elsewhere."""
+    if not (PART_NAME.match(name) or FRAGMENT_NAME.match(name)):
+        raise ValueError(f"received a file that is no part: {name!r}")
+    return name
