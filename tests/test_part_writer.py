@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 from ddpinfer.compute.part_writer import MAX_PENDING, PartWriter
-from ddpinfer.compute.windows import UnitResult
+from ddpinfer.compute.unit_tracker import UnitResult
 from ddpinfer.inputs import Row
 
 

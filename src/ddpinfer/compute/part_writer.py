@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.compute.windows import BatchResult, UnitResult
+from ddpinfer.compute.unit_tracker import BatchResult, UnitResult
 from ddpinfer.inputs import Row
 from ddpinfer.journal import Journal
 from ddpinfer.parts import build_table, write_part

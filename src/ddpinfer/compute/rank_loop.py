@@ -17,7 +17,8 @@ from ddpinfer import faults
 from ddpinfer.compute.batching import BatchLimits
 from ddpinfer.compute.feed import WindowFeed
 from ddpinfer.compute.part_writer import PartWriter
-from ddpinfer.compute.windows import BatchResult, Throughput, Window, WindowRunner, prepare_window
+from ddpinfer.compute.unit_tracker import BatchResult
+from ddpinfer.compute.windows import Throughput, Window, WindowRunner, prepare_window
 from ddpinfer.config import Config
 from ddpinfer.inputs import Row, RowStream
 from ddpinfer.launch import FILE_ONLY, LaunchEnv, Watch, connect_store

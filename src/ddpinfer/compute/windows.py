@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from ddpinfer import faults
@@ -32,6 +31,7 @@ from ddpinfer.compute.batching import (
     split_to_fit,
 )
 from ddpinfer.compute.tasks.base import Task, rows_to_columns, to_device
+from ddpinfer.compute.unit_tracker import BatchResult, UnitResult, UnitTracker, WindowRows
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
 from ddpinfer.launch import PeerFailed, Preempted
@@ -40,52 +40,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class UnitResult:
-    """One work unit's outcome in a window: the rows that ran with their task columns, and the
-    rest."""
-
-    unit: int
-    rows: list[Row]
-    good: list[int]
-    """Positions into ``rows`` that ran, in row order."""
-    columns: dict[str, Any]
-    """Task field -> one value per good row (a 2-D array for embeddings, a list otherwise)."""
-    errors: list[dict[str, Any]]
-    """``{"row", "id", "error"}`` for each row that could not be run."""
-    fragment: bool = False
-    """Only some of the unit's rows: an earlier attempt left the others done."""
-
-
-@dataclass
-class BatchResult:
-    """One batch's outcome, for the window's journal: the rows that ran, their task columns (as
-    in ``UnitResult``), and the rows that could not run. A window's inputs that could not even
-    be prepared come as one such result, before its first batch."""
-
-    rows: list[Row]
-    columns: dict[str, Any]
-    errors: list[dict[str, Any]]
-
-
-@dataclass
-class Window:
+class Window(WindowRows):
     """Consecutive work units prepared together: items tokenized, batches planned and collated."""
 
-    units: list[int]
-    rows: list[list[Row]]
-    """Each unit's rows (those still to run: rows an earlier attempt finished are left out)."""
-    fragments: set[int] = field(default_factory=set)
-    """The units (by value) with rows left out: their results are fragments."""
-    flat: list[Row] = field(default_factory=list)
     items: list[Any] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
     """Position in ``flat`` -> why it cannot run."""
     batches: list[list[int]] = field(default_factory=list)
     collated: list[dict[str, torch.Tensor]] = field(default_factory=list)
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.flat)
 
 
 def prepare_window(
@@ -97,8 +59,7 @@ def prepare_window(
     fragments: set[int] | None = None,
 ) -> Window:
     """Tokenize every runnable row once, sort by cost and cut batches (background thread)."""
-    flat = [r for unit_rows in rows for r in unit_rows]
-    window = Window(units, rows, fragments=set(fragments or ()), flat=flat)
+    window = Window(units, rows, fragments=set(fragments or ()))
     runnable = []
     for pos, row in enumerate(window.flat):
         if row.error is not None:
@@ -182,14 +143,11 @@ class WindowRunner:
         unit as soon as all of its rows are; ``near_end`` is called once, when about ``lead_s``
         seconds of compute are left (time to claim and prepare the next window, and no earlier:
         a claim taken too soon is work another rank could have done)."""
-        outputs: dict[int, tuple[dict[str, Any], int]] = {}  # position -> (columns, index)
-        errors = dict(window.errors)
-        if errors:
-            batch_done(self._batch_result(window, sorted(errors), outputs, errors))
-        left, unit_of = self._unit_counts(window, errors)
-        for unit_index, count in enumerate(left):
-            if count == 0:
-                unit_done(self._assemble(window, unit_index, outputs, errors))
+        tracker = UnitTracker(window, window.errors)
+        if window.errors:
+            batch_done(tracker.batch_result(sorted(window.errors)))
+        for result in tracker.done_already():
+            unit_done(result)
         sizes = [c["input_ids"].numel() if "input_ids" in c else 1 for c in window.collated]
         tokens_left = sum(sizes)
         signalled = False
@@ -199,28 +157,15 @@ class WindowRunner:
                 signalled = True
             self.check_stop()
             began = time.perf_counter()
-            self._run_fitting(window, batch, collated, outputs, errors)
+            self._run_fitting(window, batch, collated, tracker.outputs, tracker.errors)
             self.stats.compute_seconds += time.perf_counter() - began
             self._busy_tokens += sizes[n]
             tokens_left -= sizes[n]
-            batch_done(self._batch_result(window, batch, outputs, errors))
-            for pos in batch:
-                u = unit_of[pos]
-                left[u] -= 1
-                if left[u] == 0:
-                    unit_done(self._assemble(window, u, outputs, errors))
+            batch_done(tracker.batch_result(batch))
+            for result in tracker.finish(batch):
+                unit_done(result)
         if not signalled:
             near_end()
-
-    @staticmethod
-    def _batch_result(window: Window, batch: list[int], outputs, errors) -> BatchResult:
-        good = sorted(p for p in batch if p in outputs)
-        bad = [
-            {"row": window.flat[p].index, "id": window.flat[p].id, "error": errors[p]}
-            for p in batch
-            if p in errors
-        ]
-        return BatchResult([window.flat[p] for p in good], _gather([outputs[p] for p in good]), bad)
 
     def _seconds_for(self, tokens: int, last: bool) -> float:
         """Estimated compute time of ``tokens`` padded tokens (0 for the last batch when
@@ -228,30 +173,6 @@ class WindowRunner:
         if self._busy_tokens == 0:
             return 0.0 if last else float("inf")
         return tokens * self.stats.compute_seconds / self._busy_tokens
-
-    @staticmethod
-    def _unit_counts(window: Window, errors: dict[int, str]) -> tuple[list[int], list[int]]:
-        left, unit_of = [], []
-        pos = 0
-        for u, unit_rows in enumerate(window.rows):
-            left.append(sum(1 for p in range(pos, pos + len(unit_rows)) if p not in errors))
-            unit_of.extend([u] * len(unit_rows))
-            pos += len(unit_rows)
-        return left, unit_of
-
-    def _assemble(self, window: Window, u: int, outputs, errors) -> UnitResult:
-        start = sum(len(r) for r in window.rows[:u])
-        rows = window.rows[u]
-        positions = range(start, start + len(rows))
-        good = [p - start for p in positions if p not in errors]
-        bad = [
-            {"row": rows[p - start].index, "id": rows[p - start].id, "error": errors[p]}
-            for p in positions
-            if p in errors
-        ]
-        columns = _gather([outputs.pop(start + g) for g in good])
-        unit = window.units[u]
-        return UnitResult(unit, rows, good, columns, bad, fragment=unit in window.fragments)
 
     def _run_fitting(self, window: Window, batch: list[int], collated, outputs, errors) -> None:
         """Run a planned batch, in pieces if the budget shrank since it was planned."""
@@ -312,17 +233,6 @@ class WindowRunner:
         half = (len(batch) + 1) // 2
         for part in (batch[:half], batch[half:]):
             self._run_batch(window, part, None, outputs, errors)
-
-
-def _gather(picks: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
-    """Columns of the rows picked from the batches' outputs (``(columns, index)`` each)."""
-    columns: dict[str, Any] = {}
-    if picks:
-        for name in picks[0][0]:
-            values = [cols[name][i] for cols, i in picks]
-            first = picks[0][0][name]
-            columns[name] = np.stack(values) if isinstance(first, np.ndarray) else values
-    return columns
 
 
 class TransientError(RuntimeError):
