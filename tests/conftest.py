@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import ddpinfer  # noqa: F401  (first: it hides torch extensions built for another torch)
+
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
