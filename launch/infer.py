@@ -5,6 +5,11 @@
         data.path=prompts.jsonl output.path=out.jsonl batch_size=16
 """
 
+# ruff: noqa: E402
+from ddpinfer.torch_extensions import hide_unloadable
+
+hide_unloadable()  # first: torch extensions built for another torch would break transformers
+
 import hydra
 from omegaconf import DictConfig
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-import ddpinfer  # noqa: F401  (first: it hides torch extensions built for another torch)
+from ddpinfer.torch_extensions import hide_unloadable
+
+hide_unloadable()  # before transformers is imported: extensions built for another torch break it
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
@@ -29,6 +31,11 @@ def bert_classifier(models_dir) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_generator(models_dir) -> Path:
     return tiny_models.save_gpt2_generator(models_dir / "gpt2-generate")
+
+
+@pytest.fixture(scope="session")
+def llama_generator(models_dir) -> Path:
+    return tiny_models.save_llama_generator(models_dir / "llama-generate")
 
 
 @pytest.fixture(scope="session")

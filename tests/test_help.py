@@ -35,7 +35,11 @@ def schema_keys() -> list[str]:
         else:
             keys.append(f.name)
     for schema in TASK_SCHEMAS.values():
-        keys += [f"task.{f.name}" for f in dataclasses.fields(schema) if f.name != "name"]
+        for f in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(f.default_factory):  # a group: task.vllm.*
+                keys += [f"task.{f.name}.{g.name}" for g in dataclasses.fields(f.default_factory)]
+            elif f.name != "name":
+                keys.append(f"task.{f.name}")
     return keys
 
 

@@ -23,6 +23,7 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
+    LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -126,6 +127,29 @@ def save_gpt2_generator(path: Path) -> Path:
     return path
 
 
+def save_llama_generator(path: Path) -> Path:
+    """A tiny Llama vLLM's CPU build runs too (its attention needs a head size of 32, 64, ...),
+    with the byte-level BPE tokenizer."""
+    tokenizer = gpt2_tokenizer()
+    torch.manual_seed(4)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=256,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
     "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
@@ -156,12 +180,13 @@ def llava_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def llava_config(tokenizer) -> LlavaConfig:
-    """CLIP vision (8x8 images, 2x2 patches: 16 image tokens) + Llama text, all tiny."""
+    """CLIP vision (8x8 images, 2x2 patches: 16 image tokens) + Llama text, all tiny (its head
+    size, 32, is one vLLM's CPU attention takes)."""
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,

@@ -31,6 +31,7 @@ PACKING = ("auto", "true", "false")
 SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
+ENGINES = ("hf", "vllm")
 POOLINGS = ("mean", "cls")
 
 
@@ -283,8 +284,41 @@ class ClassifyTaskConfig(TaskConfig):
 
 
 @dataclass(kw_only=True)
+class VllmConfig:
+    """The vLLM engine each rank runs with task.engine=vllm (on that rank's GPUs only)."""
+
+    gpu_memory_utilization: float = 0.9
+    """Share of each of the replica's GPUs the engine may take: weights, activations and its
+    KV cache."""
+    max_model_len: int | None = None
+    """Most tokens one request may hold, prompt and new tokens together; a longer prompt is a
+    failed input. Unset: the model's own limit. Lower it when the KV cache does not fit."""
+    kv_cache_gib: float = 4.0
+    """vLLM's CPU build: memory for each engine's KV cache, in GiB."""
+    max_num_seqs: int | None = None
+    """Requests each engine runs at once. Unset: vLLM's default."""
+    enforce_eager: bool | None = None
+    """Run without CUDA graphs (faster start-up, slower steps). Unset: on GPU no; on CPU yes."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More vLLM EngineArgs, passed as they are, e.g. task.vllm.extra={model_impl:transformers}."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"task.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]"
+            )
+        _check_positive("task.vllm.max_model_len", self.max_model_len)
+        _check_positive("task.vllm.kv_cache_gib", self.kv_cache_gib)
+        _check_positive("task.vllm.max_num_seqs", self.max_num_seqs)
+
+
+@dataclass(kw_only=True)
 class GenerateTaskConfig(TaskConfig):
     name: str = "generate"
+    engine: str = "hf"
+    """hf (transformers' generate over length-sorted batches) | vllm (one vLLM engine per rank,
+    continuous batching: pip install -e '.[vllm]')."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     max_new_tokens: int = 64
     do_sample: bool = False
     """Greedy decoding unless true. Sampling is seeded per input, so results do not depend on
@@ -294,6 +328,7 @@ class GenerateTaskConfig(TaskConfig):
     top_p: float | None = None
 
     def __post_init__(self) -> None:
+        _check_choice("task.engine", self.engine, ENGINES)
         _check_positive("task.max_new_tokens", self.max_new_tokens)
         _check_positive("task.temperature", self.temperature)
         _check_positive("task.top_k", self.top_k)

@@ -50,7 +50,16 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _is_group(f: dataclasses.Field) -> bool:
+    """A field whose default is a dataclass of its own (``model``, ``task.vllm``)."""
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(
+        f.default_factory
+    )
+
+
 def _default(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:
+        return str(f.default_factory())
     if f.default is MISSING or f.default is dataclasses.MISSING:
         return "???  (required)"
     if f.default is None:
@@ -63,7 +72,7 @@ def _default(f: dataclasses.Field) -> str:
 def _key_lines(cls: type, prefix: str) -> Iterator[str]:
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        if f.default_factory is not dataclasses.MISSING or f.name == "task":
+        if _is_group(f) or f.name == "task":
             continue  # a group: listed in its own section
         if prefix == "task." and f.name == "name":
             continue  # chosen with task=<name>
@@ -90,11 +99,17 @@ def keys_text(schema: type, tasks: Mapping[str, type]) -> str:
     """The help's body: top-level keys, each group of keys, then each task's keys."""
     lines = _section("Keys", schema, "")
     for f in dataclasses.fields(schema):
-        if f.default_factory is not dataclasses.MISSING:
+        if _is_group(f):
             group = f.default_factory  # the group's dataclass
             lines += _section(f"{f.name}.*", group, f"{f.name}.")  # type: ignore[arg-type]
+    nested: dict[str, type] = {}
     for name, cls in tasks.items():
         lines += _section(f"task={name}: task.*", cls, "task.")
+        for f in dataclasses.fields(cls):
+            if _is_group(f):
+                nested.setdefault(f.name, f.default_factory)  # type: ignore[arg-type]
+    for name, group in nested.items():  # groups inside task schemas (task.vllm.*), listed once
+        lines += _section(f"task.{name}.*", group, f"task.{name}.")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from ddpinfer import faults
 from ddpinfer.compute import Throughput, build_task, run_units
+from ddpinfer.compute.stream_loop import EngineTask, stream_units
 from ddpinfer.compute.tasks.custom import CustomTask, check_kept_fields
 from ddpinfer.config import Config, to_config
 from ddpinfer.errors import UserError
@@ -75,10 +76,14 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     clock = manifest.Stopwatch()
     env = launch_env.detect(environ)
     device = resolve_device(cfg.device, env, cfg.model.gpus_per_replica)
-    pin_device(device)
+    # An engine takes its GPUs in processes of its own: this one leaves CUDA alone (its context
+    # would take the engine's memory) and talks to the other ranks over gloo.
+    engine = getattr(cfg.task, "engine", "hf") != "hf"
+    if not engine:
+        pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
     signals = StopSignals().install()
-    group = ProcessGroup(env, device, cfg.run.timeout_s)
+    group = ProcessGroup(env, torch.device("cpu") if engine else device, cfg.run.timeout_s)
     # Rank 0 locks the run directory before any rank writes to it (its log file included).
     lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
     watch = Watch(signals, lock, group.broadcast_object(lock and lock.token), run_dir)
@@ -151,7 +156,7 @@ def _run(
     plan = preflight(cfg, env, group, run_dir)
     watch.guard_writes(plan.shares[env.rank])
     clock.lap("preflight")
-    task = agreed(group, lambda: build_task(cfg, device) if plan.pending else None)
+    task = agreed(group, lambda: build_task(cfg, device, env) if plan.pending else None)
     if isinstance(task, CustomTask):  # its columns are known once it runs: try one input
         keep = plan.spec.keep
         agreed(group, lambda: check_kept_fields(task, keep, plan.spec) if env.is_main else None)
@@ -184,9 +189,8 @@ def _infer(cfg: Config, env, device, run_dir: Path, plan: Plan, task, watch: Wat
     try:
         done, stats = [], Throughput()
         if task is not None:
-            done, stats = run_units(
-                cfg, env, run_dir, plan, task, watch, progress.reporter.batch_done
-            )
+            loop = stream_units if isinstance(task, EngineTask) else run_units
+            done, stats = loop(cfg, env, run_dir, plan, task, watch, progress.reporter.batch_done)
         counts = {
             **dataclasses.asdict(stats),
             "rows": progress.reporter.counts.rows,

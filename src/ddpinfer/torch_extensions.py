@@ -18,6 +18,8 @@ import importlib.util
 import sys
 
 EXTENSIONS = ("torchvision", "torchaudio", "torchcodec")
+HIDDEN: list[str] = []
+"""What ``hide_unloadable`` hid in this process."""
 
 
 def hide_unloadable() -> list[str]:
@@ -38,4 +40,5 @@ def hide_unloadable() -> list[str]:
                 del sys.modules[module]
             sys.modules[name] = None  # type: ignore[assignment]
             hidden.append(name)
+    HIDDEN.extend(hidden)
     return hidden

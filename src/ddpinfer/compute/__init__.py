@@ -2,6 +2,12 @@
 rank's device, finished units out as part files. Model loading, device maps and the tasks live
 here too."""
 
+from ddpinfer.torch_extensions import hide_unloadable
+
+hide_unloadable()  # before transformers or vLLM is imported (see torch_extensions)
+
+# ruff: noqa: E402
+
 from ddpinfer.compute.rank_loop import run_units
 from ddpinfer.compute.tasks import build_task
 from ddpinfer.compute.windows import Throughput

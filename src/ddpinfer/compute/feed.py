@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ddpinfer.compute.windows import Window
+from ddpinfer.compute.unit_tracker import WindowRows as Window
 
 POLL_S = 0.2
+DONE = object()
+"""What ``WindowFeed.take`` returns once every unit has been handed out."""
 
 
 class WindowFeed:
@@ -36,6 +38,7 @@ class WindowFeed:
         self._thread = threading.Thread(target=self._produce, name="ddpinfer-feed", daemon=True)
         self._prepare_s_per_row = 0.0
         self._last_rows = 1
+        self._done = False
 
     @property
     def lead_s(self) -> float:
@@ -84,14 +87,28 @@ class WindowFeed:
                 continue
 
     def __iter__(self) -> Iterator[Window]:
+        while (window := self.take(block=True)) is not DONE:
+            yield window  # type: ignore[misc]
+
+    def take(self, block: bool) -> Window | None | object:
+        """The next window; ``None`` if none is ready yet (only when not ``block``); ``DONE``
+        when every unit is handed out. A stop is checked while waiting."""
         while True:
             try:
-                item = self._ready.get(timeout=POLL_S)
+                item = self._ready.get(timeout=POLL_S) if block else self._ready.get_nowait()
             except queue.Empty:
                 self._check_stop()
+                if not block:
+                    return None
                 continue
             if item is None:
-                return
+                self._done = True
+                return DONE
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            return item
+
+    @property
+    def done(self) -> bool:
+        """Every unit has been handed out and taken."""
+        return self._done

@@ -4,8 +4,6 @@ its last input is."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -19,47 +17,15 @@ from ddpinfer.compute.feed import WindowFeed
 from ddpinfer.compute.part_writer import PartWriter
 from ddpinfer.compute.unit_tracker import BatchResult
 from ddpinfer.compute.windows import Throughput, Window, WindowRunner, prepare_window
+from ddpinfer.compute.work import WorkBoard, claims, rows_reader
 from ddpinfer.config import Config
-from ddpinfer.inputs import Row, RowStream
-from ddpinfer.launch import FILE_ONLY, LaunchEnv, Watch, connect_store
-from ddpinfer.plan import Plan, work_units
+from ddpinfer.launch import FILE_ONLY, LaunchEnv, Watch
+from ddpinfer.plan import Plan
 
 log = logging.getLogger("ddpinfer")
 
 DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 16384}
 """Padded tokens per forward pass when batch.max_tokens is unset (see benchmarks/)."""
-
-
-class WorkBoard:
-    """What ranks share about the work, in the rendezvous store: the counter units are claimed
-    from, and each rank's measured speed (inputs/s), from which windows are sized."""
-
-    def __init__(self, env: LaunchEnv) -> None:
-        self.rank, self.world_size = env.rank, env.world_size
-        self._rate: float | None = None
-        self._store = None
-        self._local = work_units.local_counter()
-        if env.is_distributed:
-            self._store = connect_store(env, datetime.timedelta(seconds=60), "work")
-
-    def add(self, n: int) -> int:
-        return self._local(n) if self._store is None else self._store.add("claimed", n)
-
-    def publish(self, rate: float) -> None:
-        self._rate = rate
-        if self._store is not None:
-            self._store.set(f"rate/{self.rank}", repr(rate))
-
-    def rates(self) -> list[float | None]:
-        if self._store is None:
-            return work_units.one_rank_rates()
-        store, rates = self._store, []
-        for r in range(self.world_size):
-            if r == self.rank:
-                rates.append(self._rate)
-            else:
-                rates.append(float(store.get(f"rate/{r}")) if store.check([f"rate/{r}"]) else None)
-        return rates
 
 
 def run_units(
@@ -79,16 +45,13 @@ def run_units(
     limits = batch_limits(cfg, task.device)
     window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
     board = WorkBoard(env)
-    claims = work_units.UnitClaims(
-        plan.pending, plan.unit_size, env.rank, window_rows, board.add, board.rates
-    )
     fault = faults.for_attempt(cfg.fault, env.attempt)
     runner = WindowRunner(task, limits, watch.before_batch, fault, env.rank)
     read = _window_reader(plan, task, limits)
     busy, started_units, finished = 0.0, 0, 0
     with (
         PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
-        WindowFeed(claims.next, read, watch.check_stop) as feed,
+        WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
     ):
         for window in feed:
             faults.before_units(cfg.fault, env.rank, env.attempt, started_units, len(window.units))
@@ -113,23 +76,15 @@ def run_units(
 
 
 def _window_reader(plan: Plan, task, limits: BatchLimits) -> Callable[[list[int]], Window]:
-    """Reads and prepares the window of the given units (on the feed's thread): their rows in
-    one pass over the input, less the rows an earlier attempt finished."""
-    stream = RowStream(plan.spec)
+    """Reads and prepares the window of the given units (on the feed's thread)."""
+    read = rows_reader(plan)
     pin = task.device.type == "cuda"
 
-    def read(units: list[int]) -> Window:
-        ranges = [plan.units[u] for u in units]
-        rows = stream.read(range(ranges[0].start, ranges[-1].stop))
-        per_unit = []
-        for unit, unit_rows in zip(units, work_units.split_rows(rows, ranges)):
-            done = plan.done_rows.get(unit, ())
-            kept = [_mark_bad(r, plan.bad_rows) for r in unit_rows if r.index not in done]
-            per_unit.append(kept)
-        fragments = {u for u in units if u in plan.done_rows}
-        return prepare_window(task, units, per_unit, limits, pin, fragments)
+    def make(units: list[int]) -> Window:
+        rows = read(units)
+        return prepare_window(task, units, rows.rows, limits, pin, rows.fragments)
 
-    return read
+    return make
 
 
 def _log_window(window: Window, units_so_far: int, stats: Throughput, busy: float) -> None:
@@ -150,8 +105,3 @@ def _unit_span(units: list[int]) -> str:
 def batch_limits(cfg: Config, device: torch.device) -> BatchLimits:
     default = DEFAULT_MAX_TOKENS["cuda" if device.type == "cuda" else "cpu"]
     return BatchLimits(cfg.batch_size, cfg.batch.max_tokens or default)
-
-
-def _mark_bad(row: Row, bad_rows: dict[int, str]) -> Row:
-    reason = bad_rows.get(row.index)
-    return row if reason is None or row.error else dataclasses.replace(row, text="", error=reason)

@@ -122,21 +122,32 @@ def compute(
             "dtype": cfg.model.dtype,
             "max_length": cfg.model.max_length,
         },
-        # a custom task's extra keys (+task.my_key=...) are attributes beyond the schema's fields,
-        # and its code is what computes the results
-        "task": {
-            **dataclasses.asdict(cfg.task),
-            **vars(cfg.task),
-            **(
-                {"source": custom_task_source(cfg.task.target)} if cfg.task.name == "custom" else {}
-            ),
-        },
+        "task": task_settings(cfg.task),
         "seed": cfg.seed,
         # the part files hold the kept fields; only when set, so older run directories match
         **({"output": {"keep_fields": list(spec.keep)}} if spec.keep else {}),
         "unit_size": unit_size,
         UNIT_KEY: unit_digests(scan, unit_size),
     }
+
+
+RESOURCE_SETTINGS = ("gpu_memory_utilization", "kv_cache_gib", "max_num_seqs", "enforce_eager")
+"""task.vllm settings that change how much memory and time the engine takes, not its results:
+a re-run may change them."""
+
+
+def task_settings(task: Any) -> dict[str, Any]:
+    """The task's settings that decide its results: its schema's fields (the engine's resource
+    settings aside), a custom task's extra keys (+task.my_key=..., attributes beyond the
+    schema's fields) and its code."""
+    settings = dataclasses.asdict(task)
+    fields = {f.name for f in dataclasses.fields(task)}
+    settings.update({k: v for k, v in vars(task).items() if k not in fields})
+    if isinstance(settings.get("vllm"), dict):
+        settings["vllm"] = {k: v for k, v in settings["vllm"].items() if k not in RESOURCE_SETTINGS}
+    if task.name == "custom":
+        settings["source"] = custom_task_source(task.target)
+    return settings
 
 
 def _input_paths(spec: InputSpec) -> dict[str, Any]:

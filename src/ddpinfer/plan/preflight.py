@@ -28,7 +28,13 @@ from ddpinfer.parts import parts_dir, unit_files
 from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
-from ddpinfer.plan.task_needs import check_keep_fields, check_model_path, input_fields, model_path
+from ddpinfer.plan.task_needs import (
+    check_engine,
+    check_keep_fields,
+    check_model_path,
+    input_fields,
+    model_path,
+)
 
 log = logging.getLogger("ddpinfer")
 
@@ -74,6 +80,7 @@ def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.In
         )
     spec = input_spec(cfg)
     check_keep_fields(cfg)
+    check_engine(cfg)
     check_model_path(model_path(cfg))
     if env.is_main:
         check_output(output, spec, run_dir)

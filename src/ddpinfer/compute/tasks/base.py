@@ -45,26 +45,10 @@ class Task:
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         """Token ids of each row's text, truncated; tokenized once, in one call when possible."""
-        texts = [row.text for row in rows]
-        try:
-            return self._tokenize(texts)
-        except Exception:  # one text breaks the tokenizer: find it, keep the others
-            items: list[Any] = []
-            for text in texts:
-                try:
-                    items.extend(self._tokenize([text]))
-                except Exception as e:
-                    items.append(RuntimeError(f"tokenizer failed: {type(e).__name__}: {e}"))
-            return items
+        return prepare_each(self._tokenize, [row.text for row in rows])
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(
-            texts,
-            truncation=self.max_length is not None,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        return tokenize(self.tokenizer, texts, self.max_length)
 
     def cost(self, item: Any) -> int:
         """Tokens this input occupies in a batch (its padded width)."""
@@ -75,6 +59,32 @@ class Task:
 
     def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
         raise NotImplementedError
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of each text, truncated to ``max_length`` (None: not truncated)."""
+    return tokenizer(
+        texts,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+
+
+def prepare_each(prepare: Any, items: Sequence[Any]) -> list[Any]:
+    """``prepare(items)`` in one call; if it raises, item by item, with the exception in the
+    slot of each item that raises (one bad text must not fail the others)."""
+    try:
+        return prepare(items)
+    except Exception:
+        prepared: list[Any] = []
+        for item in items:
+            try:
+                prepared.extend(prepare([item]))
+            except Exception as e:
+                prepared.append(RuntimeError(f"tokenizer failed: {type(e).__name__}: {e}"))
+        return prepared
 
 
 def pad_token_ids(

@@ -23,8 +23,14 @@ from transformers import (
 )
 
 from ddpinfer.compute import model_loading
-from ddpinfer.compute.tasks.base import Columns, Task
+from ddpinfer.compute.tasks.base import Columns, Task, prepare_each, tokenize
 from ddpinfer.config import Config, GenerateTaskConfig
+from ddpinfer.inputs import Row
+
+
+def row_seed(seed: int, row: int) -> int:
+    """Each input's own random stream: the same whatever rank or batch the input lands in."""
+    return (seed * 1_000_003 + row) % (2**63)
 
 
 class PerRowGumbelNoise(LogitsProcessor):
@@ -34,7 +40,7 @@ class PerRowGumbelNoise(LogitsProcessor):
         self.generators = []
         for row in rows:
             g = torch.Generator(device=device)
-            g.manual_seed((seed * 1_000_003 + row) % (2**63))
+            g.manual_seed(row_seed(seed, row))
             self.generators.append(g)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -100,10 +106,63 @@ class GenerateTask(Task):
         return {"generated_text": texts_out}
 
 
-def build(cfg: Config, path: str, device: torch.device) -> GenerateTask:
+class EnginePrompts:
+    """task=generate through an engine (task.engine=vllm): each input's prompt as token ids,
+    tokenized exactly as for transformers' ``generate``; its decoding settings with the same
+    meaning (greedy; or sampled from the input's own seeded stream, with temperature, top-k and
+    top-p); and the text of the tokens it generated, decoded the same way."""
+
+    images_per_prompt: int | None = None
+
+    def __init__(self, tokenizer: Any, max_length: int | None, cfg: GenerateTaskConfig, seed: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.cfg = cfg
+        self.seed = seed
+
+    def prepare(self, rows: Sequence[Row]) -> list[Any]:
+        """A prompt per row (or the exception that says why it has none)."""
+        ids = prepare_each(
+            lambda t: tokenize(self.tokenizer, t, self.max_length), [r.text for r in rows]
+        )
+        return [i if isinstance(i, Exception) else {"prompt_token_ids": i} for i in ids]
+
+    def prompt_tokens(self, prompt: Any) -> int:
+        return len(prompt.get("prompt_token_ids", ()))
+
+    def sampling(self, row: int) -> dict[str, Any]:
+        """The engine's sampling settings for one input (vLLM's ``SamplingParams`` fields)."""
+        cfg = self.cfg
+        if not cfg.do_sample:
+            return {"temperature": 0.0, "max_tokens": cfg.max_new_tokens}
+        return {
+            "temperature": cfg.temperature,
+            "top_k": cfg.top_k or 0,
+            "top_p": 1.0 if cfg.top_p is None else cfg.top_p,
+            "seed": row_seed(self.seed, row),
+            "max_tokens": cfg.max_new_tokens,
+        }
+
+    def text(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def load_tokenizer(cfg: Config, path: str) -> Any:
     tokenizer = model_loading.load_tokenizer(cfg.model, path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_prompts(cfg: Config, path: str) -> EnginePrompts:
+    tokenizer = load_tokenizer(cfg, path)
+    return EnginePrompts(
+        tokenizer, model_loading.max_length(cfg.model, tokenizer), cfg.task, cfg.seed
+    )
+
+
+def build(cfg: Config, path: str, device: torch.device) -> GenerateTask:
+    tokenizer = load_tokenizer(cfg, path)
     model = model_loading.load_model(AutoModelForCausalLM, cfg.model, path, device)
     limit = model_loading.max_length(cfg.model, tokenizer)
     return GenerateTask(tokenizer, model, limit, cfg.task, cfg.seed)

@@ -20,7 +20,7 @@ from transformers import AutoModelForImageTextToText
 
 from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.base import Columns
-from ddpinfer.compute.tasks.generate import GenerateTask
+from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask
 from ddpinfer.config import Config, ImageTextTaskConfig
 from ddpinfer.inputs import Row, images
 
@@ -48,14 +48,7 @@ class ImageTextTask(GenerateTask):
         self._processor_lock = threading.Lock()
 
     def prompt(self, text: str, num_images: int) -> str:
-        """One user turn, the image(s) then the text, with the generation prompt."""
-        if not self.cfg.chat_template:
-            return text
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
-        conversation = [{"role": "user", "content": content}]
-        return self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
+        return chat_prompt(self.processor, self.cfg.chat_template, text, num_images)
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         items: list[Any] = []
@@ -97,12 +90,64 @@ class ImageTextTask(GenerateTask):
         return super().__call__(batch, rows)
 
 
-def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
+def chat_prompt(processor: Any, chat_template: bool, text: str, num_images: int) -> str:
+    """One user turn, the image(s) then the text, with the generation prompt (``chat_template``
+    false: the text as it is)."""
+    if not chat_template:
+        return text
+    content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
+    conversation = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+class ImageTextEnginePrompts(EnginePrompts):
+    """task=image_text through an engine: the chat-templated text and the decoded images of
+    each input (missing images were found by the preflight; one that does not decode fails its
+    input, as with transformers); decoding settings and text as for task=generate."""
+
+    images_per_prompt = 4
+    """The engine's limit of images per prompt (more: +task.vllm.extra.limit_mm_per_prompt=...)."""
+
+    def __init__(self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str):
+        super().__init__(processor.tokenizer, None, cfg, seed)
+        self.processor = processor
+        self.image_field = image_field
+
+    def prepare(self, rows: Sequence[Row]) -> list[Any]:
+        return [self._prepare_row(row) for row in rows]
+
+    def _prepare_row(self, row: Row) -> Any:
+        try:
+            decoded = images.load((row.fields or {})[self.image_field])
+        except images.ImageError as e:
+            return e
+        text = chat_prompt(self.processor, self.cfg.chat_template, row.text, len(decoded))
+        return {
+            "prompt": text,
+            "multi_modal_data": {"image": decoded[0] if len(decoded) == 1 else decoded},
+        }
+
+    def prompt_tokens(self, prompt: Any) -> int:
+        return 0  # known to the engine only, with its image tokens
+
+
+def load_processor(cfg: Config, path: str) -> Any:
     processor = model_loading.load_processor(cfg.model, path)
     if cfg.task.chat_template and not getattr(processor, "chat_template", None):
         raise model_loading.ModelLoadError(
             f"model.path={path}: the processor has no chat template. HINT: set "
             "task.chat_template=false and write the model's image placeholders into the text."
         )
+    return processor
+
+
+def build_prompts(cfg: Config, path: str) -> ImageTextEnginePrompts:
+    return ImageTextEnginePrompts(
+        load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field
+    )
+
+
+def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
+    processor = load_processor(cfg, path)
     model = model_loading.load_model(AutoModelForImageTextToText, cfg.model, path, device)
     return ImageTextTask(processor, model, cfg.task, cfg.seed, cfg.data.image_field)

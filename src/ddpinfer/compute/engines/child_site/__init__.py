@@ -1,0 +1,1 @@
+"""The start-up hook of the processes a vLLM engine starts (``sitecustomize``)."""

@@ -1,0 +1,210 @@
+"""This rank's loop with a generation engine (``task.engine=vllm``): prompts stream into the
+engine from claimed windows of work units, and each result is journaled the engine step its
+request finishes.
+
+There are no batches to plan: the engine schedules requests itself (continuous batching). The
+loop keeps it full across unit and window boundaries: while fewer than ``IN_FLIGHT`` requests
+are queued or running it adds the next prepared window's prompts (prompts are made, and images
+decoded, on the feed's thread), and it asks for the next window as soon as one is taken. What
+each step finishes goes to the window's journal and, as units complete, to their parts, as the
+batched loop does; a stop between steps loses only the requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpinfer import faults
+from ddpinfer.compute.engines.vllm_engine import RequestRejected, VllmEngine
+from ddpinfer.compute.feed import DONE, WindowFeed
+from ddpinfer.compute.part_writer import PartWriter
+from ddpinfer.compute.unit_tracker import UnitTracker, WindowRows
+from ddpinfer.compute.windows import Throughput
+from ddpinfer.compute.work import WorkBoard, claims, rows_reader
+from ddpinfer.config import Config
+from ddpinfer.launch import LaunchEnv, Watch
+from ddpinfer.plan import Plan
+
+log = logging.getLogger("ddpinfer")
+
+IN_FLIGHT = 512
+"""Requests kept queued or running in the engine: enough to fill its batches (vLLM runs up to
+256 at once by default) while the next window is prepared."""
+FINISHED = ("stop", "length")
+"""Finish reasons of a request that generated its text (others: aborted by the engine)."""
+
+
+@dataclass
+class EngineTask:
+    """task=generate or image_text through an engine: its prompts and the engine itself."""
+
+    prompts: Any
+    """``EnginePrompts``: each input's prompt, its decoding settings, the text of its tokens."""
+    engine: VllmEngine
+    device: torch.device
+    window_rows: int | None = None
+
+
+@dataclass
+class StreamWindow(WindowRows):
+    """A window's rows, each with its prompt (or the reason it has none)."""
+
+    prompts: list[Any] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def stream_units(
+    cfg: Config,
+    env: LaunchEnv,
+    run_dir: Path,
+    plan: Plan,
+    task: EngineTask,
+    watch: Watch,
+    on_batch: Callable[[int, int, int], None],
+) -> tuple[list[Path], Throughput]:
+    """Claim windows of work units until none are left and every request has finished; the
+    counterpart of ``rank_loop.run_units``, with the same arguments and results."""
+    board = WorkBoard(env)
+    window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
+    fault = faults.for_attempt(cfg.fault, env.attempt)
+    read = _prompt_reader(plan, task.prompts)
+    busy = 0.0
+    with (
+        PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
+        WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
+    ):
+        streamer = Streamer(task, writer, on_batch)
+        try:
+            while True:
+                while streamer.in_flight < IN_FLIGHT and not feed.done:
+                    window = feed.take(block=streamer.in_flight == 0)
+                    if window is None or window is DONE:
+                        break
+                    feed.request_next()
+                    streamer.add(window)  # type: ignore[arg-type]
+                if streamer.in_flight == 0 and feed.done:
+                    break
+                watch.before_batch()
+                began = time.perf_counter()
+                faults.before_batch(fault, streamer.in_flight, env.rank, streamer.stats.batches)
+                streamer.step()
+                busy += time.perf_counter() - began
+                board.publish(streamer.stats.inputs / max(busy, 1e-9))
+        finally:
+            task.engine.shutdown()
+    return writer.done, streamer.stats
+
+
+def _prompt_reader(plan: Plan, prompts: Any) -> Callable[[list[int]], StreamWindow]:
+    """Reads a window's rows and makes their prompts (on the feed's thread)."""
+    read = rows_reader(plan)
+
+    def make(units: list[int]) -> StreamWindow:
+        rows = read(units)
+        window = StreamWindow(rows.units, rows.rows, rows.fragments)
+        runnable = [p for p, row in enumerate(window.flat) if row.error is None]
+        window.errors = {p: row.error for p, row in enumerate(window.flat) if row.error}
+        window.prompts = [None] * window.num_rows
+        made = prompts.prepare([window.flat[p] for p in runnable])
+        for pos, prompt in zip(runnable, made, strict=True):
+            if isinstance(prompt, Exception):
+                window.errors[pos] = str(prompt)
+            else:
+                window.prompts[pos] = prompt
+        return window
+
+    return make
+
+
+class Streamer:
+    """The requests in the engine, and the windows they came from: each finished request's text
+    goes to its window's unit tracker; what a step finishes is journaled as one batch per window."""
+
+    def __init__(self, task: EngineTask, writer: PartWriter, on_batch) -> None:
+        self.prompts, self.engine = task.prompts, task.engine
+        self.writer, self.on_batch = writer, on_batch
+        self.stats = Throughput()
+        self._trackers: dict[int, UnitTracker] = {}
+        self._left: dict[int, int] = {}
+        self._requests: dict[str, tuple[int, int, int]] = {}  # id -> (window, position, tokens)
+        self._journaled = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def add(self, window: StreamWindow) -> None:
+        key = window.units[0]
+        tracker = self._trackers[key] = UnitTracker(window, window.errors)
+        self._left[key] = window.num_rows - len(window.errors)
+        if window.errors:
+            self._journal(key, sorted(window.errors))
+        for result in tracker.done_already():
+            self.writer.submit(result)
+        rejected = []
+        for pos, prompt in enumerate(window.prompts):
+            if pos in window.errors:
+                continue
+            request = f"{key}:{pos}"
+            try:
+                self.engine.add(request, prompt, self.prompts.sampling(window.flat[pos].index))
+            except RequestRejected as e:
+                tracker.errors[pos] = str(e)
+                rejected.append(pos)
+                continue
+            self._requests[request] = (key, pos, self.prompts.prompt_tokens(prompt))
+        self._finish(key, rejected)
+
+    def step(self) -> None:
+        began = time.perf_counter()
+        finished = self.engine.step()
+        self.stats.compute_seconds += time.perf_counter() - began
+        self.stats.batches += 1
+        by_window: dict[int, list[int]] = {}
+        for done in finished:
+            key, pos, prompt_tokens = self._requests.pop(done.request_id)
+            tracker = self._trackers[key]
+            if done.finish_reason in FINISHED:
+                text = self.prompts.text(done.token_ids)
+                tracker.outputs[pos] = ({"generated_text": [text]}, 0)
+                self.stats.inputs += 1
+                tokens = prompt_tokens + len(done.token_ids)
+                self.stats.real_tokens += tokens
+                self.stats.padded_tokens += tokens
+            else:
+                tracker.errors[pos] = f"the engine ended it: {done.finish_reason}"
+            by_window.setdefault(key, []).append(pos)
+        for key, positions in by_window.items():
+            self._finish(key, positions)
+
+    def _finish(self, key: int, positions: list[int]) -> None:
+        """These rows of window ``key`` are done: journaled, and the units they complete written."""
+        if not positions:
+            if self._left[key] == 0:
+                self._end(key)
+            return
+        self._journal(key, positions)
+        for result in self._trackers[key].finish(positions):
+            self.writer.submit(result)
+        self._left[key] -= len(positions)
+        if self._left[key] == 0:
+            self._end(key)
+
+    def _journal(self, key: int, positions: list[int]) -> None:
+        result = self._trackers[key].batch_result(positions)
+        rows = len(result.rows) + len(result.errors)
+        self._journaled += rows
+        log.debug("batch of %d input(s) done (%d this attempt)", rows, self._journaled)
+        self.writer.submit_batch(key, result)
+        self.on_batch(rows, len(result.errors), self.stats.real_tokens)
+
+    def _end(self, key: int) -> None:
+        self.writer.end_window(key)
+        del self._trackers[key], self._left[key]
