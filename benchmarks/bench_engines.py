@@ -12,9 +12,12 @@ sets where EOS comes) with the MiniLM tokenizer, saved with ``save_pretrained``;
 benchmark corpus's texts, cut to at most 120 words. Greedy decoding: the three give the same
 text, input by input (checked). Printed: each one's new tokens/s over its inference phase (for
 ddpinfer: model or engine loaded to the last part written; start-up separately), the ratios,
-and from how many inputs the engine's longer start-up pays off.
+and from how many inputs the engine's longer start-up pays off. ddpinfer runs with a vLLM engine
+on 1 rank (one engine, every core: in-process on CPU) and on 2 (one engine per core), and with
+transformers on 2 ranks (its best layout on CPU); vLLM alone runs in one process with every
+core, its fastest here.
 
-    python benchmarks/bench_engines.py [--prompts 256] [--nproc 2] [--device cpu]
+    python benchmarks/bench_engines.py [--prompts 256] [--vllm-nproc 1 2] [--hf-nproc 2]
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ ALONE = """
 import json, os, sys, time
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 from ddpinfer.torch_extensions import hide_unloadable
-hide_unloadable()
+if hide_unloadable():  # vLLM's own processes need the same (see ddpinfer.torch_extensions)
+    from ddpinfer.compute.engines.vllm_engine import CHILD_SITE
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(CHILD_SITE), os.environ.get("PYTHONPATH", "")])
 import torch
 from transformers import AutoTokenizer
 if __name__ == "__main__":
@@ -129,36 +134,46 @@ def compare(tmp: Path, shape: str, model: Path, prompts: Path, max_tokens: int, 
     if args.device == "cpu":
         engine += ["task.vllm.kv_cache_gib=2"]
     alone = vllm_alone(tmp, model, prompts, max_tokens, args.device)
-    ours = ddpinfer(tmp, f"vllm-{shape}", model, prompts, args.nproc, *engine)
-    hf = ddpinfer(
-        tmp, f"hf-{shape}", model, prompts, args.nproc, f"task.max_new_tokens={max_tokens}"
-    )
-    new = sum(alone["new"])
-    same = sum(a == b == c for a, b, c in zip(alone["texts"], ours["texts"], hf["texts"]))
-    rate = {k: new / v["seconds"] for k, v in (("alone", alone), ("ours", ours), ("hf", hf))}
-    lengths = sorted(alone["new"])
+    runs = {"vLLM alone": alone}
+    for nproc in args.vllm_nproc:
+        runs[f"engine=vllm x{nproc}"] = ddpinfer(
+            tmp, f"vllm{nproc}-{shape}", model, prompts, nproc, *engine
+        )
+    for nproc in args.hf_nproc:
+        runs[f"engine=hf x{nproc}"] = ddpinfer(
+            tmp, f"hf{nproc}-{shape}", model, prompts, nproc, f"task.max_new_tokens={max_tokens}"
+        )
+    new, lengths = sum(alone["new"]), sorted(alone["new"])
+    same = sum(len({run["texts"][i] for run in runs.values()}) == 1 for i in range(len(lengths)))
     print(
         f"{shape}: {len(lengths)} inputs, new tokens mean {new / len(lengths):.0f}, max "
-        f"{lengths[-1]}; identical texts {same}/{len(lengths)}\n"
-        f"  new tokens/s: engine=vllm {rate['ours']:.0f}, engine=hf {rate['hf']:.0f}, vLLM alone "
-        f"{rate['alone']:.0f}; engine=vllm / engine=hf {rate['ours'] / rate['hf']:.2f}x, "
-        f"engine=vllm / vLLM alone {rate['ours'] / rate['alone']:.2f}x\n"
-        f"  start-up (model or engine load): engine=vllm {ours['startup']:.1f}s, engine=hf "
-        f"{hf['startup']:.1f}s, vLLM alone {alone['startup']:.1f}s"
+        f"{lengths[-1]}; identical texts in all runs {same}/{len(lengths)}"
     )
-    per_input = {k: v["seconds"] / len(lengths) for k, v in (("ours", ours), ("hf", hf))}
-    saved = per_input["hf"] - per_input["ours"]
-    if saved > 0:
+    for name, run in runs.items():
         print(
-            f"  the engine's longer start-up pays off from about "
-            f"{max(0, ours['startup'] - hf['startup']) / saved:.0f} inputs on"
+            f"  {name:16} {new / run['seconds']:7.0f} new tokens/s ({run['seconds']:6.1f}s), "
+            f"start-up {run['startup']:5.1f}s"
         )
+    best_hf = min((r for n, r in runs.items() if "hf" in n), key=lambda r: r["seconds"])
+    for name, run in runs.items():
+        if "vllm" in name:
+            print(
+                f"  {name} / best engine=hf {best_hf['seconds'] / run['seconds']:.2f}x; "
+                f"/ vLLM alone {alone['seconds'] / run['seconds']:.2f}x; start-up pays off from "
+                f"{_break_even(run, best_hf, len(lengths)):.0f} inputs"
+            )
+
+
+def _break_even(engine: dict, hf: dict, inputs: int) -> float:
+    """From how many inputs the engine's run (start-up included) is the shorter one."""
+    saved = (hf["seconds"] - engine["seconds"]) / inputs
+    return max(0.0, engine["startup"] - hf["startup"]) / saved if saved > 0 else float("inf")
 
 
 def calibrate(tmp: Path, prompts: Path, mean: int, max_tokens: int) -> Path:
     """An EOS bias whose greedy lengths (vLLM alone, quick) have about the ``mean`` asked."""
-    low, high = 0.0, 20.0
-    for _ in range(6):
+    low, high = 0.0, 4.0
+    for _ in range(8):
         bias = (low + high) / 2
         model = make_model(tmp, f"phi-eos{bias:.2f}", bias)
         lengths = vllm_alone(tmp, model, prompts, max_tokens, "cpu")["new"]
@@ -173,12 +188,14 @@ def calibrate(tmp: Path, prompts: Path, mean: int, max_tokens: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--vllm-nproc", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--hf-nproc", type=int, nargs="*", default=[2])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--mean", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eos-bias", type=float, default=None, help="skip the calibration")
+    parser.add_argument("--shapes", nargs="*", default=["equal", "long-tailed"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -186,15 +203,17 @@ def main() -> None:
         with open(prompts, "w") as f:
             for i, text in enumerate(make_texts(args.prompts)):
                 f.write(json.dumps({"id": f"p{i}", "text": " ".join(text.split()[:120])}) + "\n")
-        print(f"{args.prompts} prompts, {args.nproc} ranks for ddpinfer, {os.cpu_count()} cores")
-        never = make_model(tmp, "phi-equal", -1e4)
-        compare(tmp, "equal", never, prompts, args.new_tokens, args)
-        tailed = (
-            make_model(tmp, "phi-tailed", args.eos_bias)
-            if args.eos_bias is not None
-            else calibrate(tmp, prompts, args.mean, args.max_tokens)
-        )
-        compare(tmp, "long-tailed", tailed, prompts, args.max_tokens, args)
+        print(f"{args.prompts} prompts, {os.cpu_count()} cores; xN: ddpinfer on N ranks")
+        if "equal" in args.shapes:
+            never = make_model(tmp, "phi-equal", -1e4)
+            compare(tmp, "equal", never, prompts, args.new_tokens, args)
+        if "long-tailed" in args.shapes:
+            tailed = (
+                make_model(tmp, "phi-tailed", args.eos_bias)
+                if args.eos_bias is not None
+                else calibrate(tmp, prompts, args.mean, args.max_tokens)
+            )
+            compare(tmp, "long-tailed", tailed, prompts, args.max_tokens, args)
 
 
 if __name__ == "__main__":

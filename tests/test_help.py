@@ -12,8 +12,8 @@ from ddpinfer.config import TASK_SCHEMAS, Config
 from ddpinfer.config_help import field_docs
 
 
-def run_launcher(*args: str) -> str:
-    result = subprocess.run(
+def run_launcher_result(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(LAUNCHER), *args],
         cwd=REPO,
         env=subprocess_env(),
@@ -21,6 +21,10 @@ def run_launcher(*args: str) -> str:
         text=True,
         timeout=120,
     )
+
+
+def run_launcher(*args: str) -> str:
+    result = run_launcher_result(*args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -51,7 +55,15 @@ def test_help_lists_every_key_with_its_doc():
     assert "  task.target=???  (required)" in text  # task=custom's required key
     first_words = " ".join(field_docs(Config)["batch_size"].split()[:6])
     assert first_words in text
-    assert "task: classify" in text  # Hydra's config groups
+    assert "task: embed, classify, generate, image_text, custom  (task=<name>" in text
+    assert "schema" not in text.split("== Keys ==")[0]  # no internal entries among the choices
+
+
+def test_a_mistyped_task_lists_the_tasks_only():
+    result = run_launcher_result("task=clasify")
+    assert result.returncode == 2 and "classify" in result.stderr
+    assert "schema" not in result.stderr  # the schemas are not choices of task=
+    assert run_launcher_result("task=classify_schema").returncode == 2
 
 
 def test_cfg_job_prints_the_composed_config():

@@ -405,8 +405,8 @@ def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore; conf/config.yaml and conf/task/*.yaml build on it."""
     store = ConfigStore.instance()
     store.store(name="ddpinfer_schema", node=Config)
-    for name, schema in TASK_SCHEMAS.items():
-        store.store(group="task", name=f"{name}_schema", node=schema)
+    for name, schema in TASK_SCHEMAS.items():  # not in the group `task`: its choices are conf/task/
+        store.store(group="task_schema", name=name, node=schema)
     store.store(group="hydra/help", name="ddpinfer", node=help_node(Config, TASK_SCHEMAS))
 
 

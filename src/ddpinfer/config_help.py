@@ -118,7 +118,8 @@ def help_node(schema: type, tasks: Mapping[str, type]) -> dict[str, Any]:
     Hydra's string.Template; the schema's docs hold no ``${`` for OmegaConf to resolve."""
     body = keys_text(schema, tasks).replace("$", "$$")
     template = (
-        "${hydra.help.header}\n== Config groups ==\n$APP_CONFIG_GROUPS\n\n"
+        "${hydra.help.header}\n== Config groups ==\n"
+        f"task: {', '.join(tasks)}  (task=<name>; the default is embed)\n\n"
         f"{body}\n${{hydra.help.footer}}\n"
     )
     return {"app_name": "ddpinfer", "header": HEADER, "footer": FOOTER, "template": template}

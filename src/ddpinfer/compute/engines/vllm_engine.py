@@ -158,6 +158,8 @@ def _engine_environment(env: LaunchEnv, device: torch.device, gpus: int) -> Iter
         changes["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, _my_cores(env)))
     if env.world_size == 1 and device.type == "cpu":
         changes["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # no process group of ours to clash with
+        # in this process vLLM drops torch to one thread unless told how many to keep
+        changes["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     if torch_extensions.HIDDEN:  # the engine's own processes must hide them too
         path = os.environ.get("PYTHONPATH")
         changes["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHILD_SITE), path) if p)
