@@ -21,6 +21,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from ddpinfer.torch_extensions import hide_unloadable  # noqa: E402
+
+hide_unloadable()  # before transformers (see ddpinfer.torch_extensions)
+
 import tiny_models  # noqa: E402
 from corpus import make_texts  # noqa: E402
 

@@ -84,6 +84,8 @@ def handwritten(tmp: Path, corpus: Path, model: str, nproc: int, *flags: str) ->
 
 ST_SCRIPT = """
 import json, sys, time, torch
+from ddpinfer.torch_extensions import hide_unloadable
+hide_unloadable()
 from sentence_transformers import SentenceTransformer
 torch.set_num_threads(int(sys.argv[3]))
 records = [json.loads(line) for line in open(sys.argv[1])]

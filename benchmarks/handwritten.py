@@ -18,7 +18,12 @@ import time
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModel, AutoTokenizer
+
+from ddpinfer.torch_extensions import hide_unloadable
+
+hide_unloadable()  # only where vLLM's CPU build left torchvision & co. built for another torch
+
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 corpus, model_dir, stats_path = sys.argv[1:4]
 forward_limit = "--forward-limit" in sys.argv

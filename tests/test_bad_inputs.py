@@ -84,7 +84,9 @@ def test_fail_names_file_line_and_problem_before_any_model_work(
     path = write_input(tmp_path, suffix, bad)
     with pytest.raises(InputError, match=message) as error:
         run_in_process(overrides(tmp_path, path, bert_embedder, "fail"))
-    assert "data.on_error=skip" in str(error.value)
+    # a missing field is a setting to fix: skipping would only mark every record bad
+    skip_hint = "data.on_error=skip" in str(error.value)
+    assert skip_hint != name.startswith("missing"), str(error.value)
     assert not (tmp_path / "out.jsonl").exists()
     assert not list(tmp_path.glob("runs/*/parts/*"))  # stopped before any unit ran
 

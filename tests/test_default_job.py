@@ -16,9 +16,10 @@ def test_default_job_matches_sentence_transformers(tmp_path):
     outputs = list((tmp_path / "runs").glob("*/output.jsonl"))
     assert len(outputs) == 1, result.stderr
     records = read_jsonl(outputs[0])
-    texts = [r["text"] for r in read_jsonl(SAMPLE_DATA)]
+    sample = read_jsonl(SAMPLE_DATA)
+    texts = [r["text"] for r in sample]
     assert len(texts) >= 200
-    assert [r["id"] for r in records] == list(range(len(texts)))
+    assert [r["id"] for r in records] == [r["id"] for r in sample]  # the sample's id field
 
     from sentence_transformers import SentenceTransformer
 

@@ -95,12 +95,12 @@ def test_resume_is_refused_for_other_inputs_unless_fresh(job):
     tmp_path, args = job
     run_in_process(args, cwd=tmp_path)
     first = (tmp_path / "out.jsonl").read_text()
-    # Another row count: units no longer line up (edited rows alone are recomputed).
-    write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N - 1)])
+    # Another text field: nothing finished can be reused (edited rows alone are recomputed).
     with pytest.raises(UserError) as refused:  # exit code 2 from the entry point
-        run_in_process(args, cwd=tmp_path)
-    assert "holds finished work from a different run (inputs.rows: 48 -> 47" in str(refused.value)
-    assert "run.fresh=true" in str(refused.value)
+        run_in_process([*args, "data.text_field=uid"], cwd=tmp_path)
+    message = str(refused.value)
+    assert "holds finished work from a different run (inputs.text_field: 'text' -> 'uid'" in message
+    assert "run.fresh=true" in message
     assert (tmp_path / "out.jsonl").read_text() == first  # the finished output is untouched
     write_jsonl(tmp_path / "in.jsonl", [f"changed {i}" for i in range(N)])
     run_in_process([*args, "run.fresh=true"], cwd=tmp_path)

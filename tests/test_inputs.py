@@ -51,11 +51,17 @@ def test_parquet_reads_only_the_asked_rows(tmp_path):
     ]
 
 
-def test_plain_text_one_input_per_line(tmp_path):
+def test_plain_text_one_input_per_line_with_line_numbers_as_ids(tmp_path):
     p = tmp_path / "in.txt"
-    p.write_text("first line\r\n\nsecond line\n")
+    p.write_bytes(b"\xef\xbb\xbffirst line\r\n\r\n  \r\nsecond line\r\nthird\r\n\r\n")
     spec = open_spec(str(p), "auto", "text", None)
-    assert rows(spec) == [(0, 0, "first line"), (1, 1, "second line")]
+    # blank lines are no inputs, and the ids stay the lines' numbers (from 0)
+    assert rows(spec) == [(0, 0, "first line"), (1, 3, "second line"), (2, 4, "third")]
+    assert scan(spec).blank_lines == 2
+    q = tmp_path / "more.txt"
+    q.write_text("fourth\n")
+    both = open_spec(str(tmp_path / "*.txt"), "auto", "text", None)
+    assert rows(both)[-1] == (3, 6, "fourth")  # lines count on across the files
 
 
 @pytest.mark.parametrize(

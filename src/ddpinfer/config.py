@@ -6,6 +6,8 @@ not declared here, and ``__post_init__`` rejects a value that is declared but wr
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +95,12 @@ class DataConfig:
     text_field: str = "text"
     """Column or JSON key holding the input text (ignored for plain text files)."""
     id_field: str | None = None
-    """Column or JSON key holding each input's id. Unset: the 0-based row index."""
+    """Column or JSON key holding each input's id. Unset: the records' field named id if they
+    have one (the log says so), else the 0-based row index (for text files, the line)."""
     unit_size: int | None = None
     """Rows per work unit: the grain of claiming, resume and part files. Unset: from the row
-    count, a power of two from 64 to 4096 (about 256 units for large inputs)."""
+    count, a power of two from 64 to 4096 (about 256 units for large inputs), or the size an
+    earlier run of the run directory used (rows appended since keep the finished units)."""
     image_field: str = "image"
     """task=image_text: column or JSON key holding one image path or a list of them (relative
     paths are resolved against the data file's folder)."""
@@ -141,8 +145,9 @@ class OutputConfig:
         keep = list(self.keep_fields or ())
         if "id" in keep or len(set(keep)) < len(keep) or not all(str(k).strip() for k in keep):
             raise ValueError(
-                f"output.keep_fields={keep} must name distinct input fields other than 'id' "
-                "(every output row has its id already; data.id_field says where it comes from)"
+                f"output.keep_fields={keep} must name distinct input fields other than 'id': "
+                "every output row has its id already (the input's field named id, when the "
+                "records have one; data.id_field names another)"
             )
         self.shared_fs = str(self.shared_fs).lower()  # `output.shared_fs=true` arrives as a bool
         _check_choice("output.shared_fs", self.shared_fs, SHARED_FS)
@@ -330,6 +335,13 @@ class GenerateTaskConfig(TaskConfig):
     def __post_init__(self) -> None:
         _check_choice("task.engine", self.engine, ENGINES)
         _check_positive("task.max_new_tokens", self.max_new_tokens)
+        sampling = {"task.temperature": self.temperature != 1.0, "task.top_k": self.top_k,
+                    "task.top_p": self.top_p}  # fmt: skip
+        if not self.do_sample and (given := [key for key, value in sampling.items() if value]):
+            raise ValueError(
+                f"{given[0]} applies to sampling only, and decoding is greedy: set "
+                "task.do_sample=true to sample, or leave it out"
+            )
         _check_positive("task.temperature", self.temperature)
         _check_positive("task.top_k", self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -428,4 +440,34 @@ def to_config(cfg: DictConfig) -> Config:
         raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
     if not isinstance(config.task, TaskConfig):
         raise ConfigError(f"task must be chosen: task={'|'.join(TASK_SCHEMAS)}")
+    _refuse_extra_keys(config, "")
     return config
+
+
+def _refuse_extra_keys(node: Any, prefix: str) -> None:
+    """Keys added with ``+key=value`` that the schema does not declare: only a custom task may
+    have them (its own settings); anywhere else they are typos, refused like any other."""
+    if not dataclasses.is_dataclass(node):
+        return
+    declared = [f.name for f in dataclasses.fields(node)]
+    extra = [k for k in vars(node) if k not in declared]
+    if extra and not isinstance(node, CustomTaskConfig):
+        raise ConfigError(_extra_key_message(node, prefix, extra[0], declared))
+    for name in declared:
+        _refuse_extra_keys(getattr(node, name), f"{prefix}{name}.")
+
+
+def _extra_key_message(node: Any, prefix: str, extra: str, declared: list[str]) -> str:
+    keys = [k for k in declared if k != "name"]
+    close = difflib.get_close_matches(extra, keys, n=1)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(keys)}"
+    where = prefix.rstrip(".") or "the config"
+    if isinstance(node, TaskConfig):
+        where = f"task={node.name}"
+        owners = [n for n, s in TASK_SCHEMAS.items() if extra in s.__dataclass_fields__]
+        if owners:
+            hint = f"{prefix}{extra} is a key of task={', '.join(owners)}"
+    return (
+        f"+{prefix}{extra} is not a key of {where}, so it would be ignored. HINT: {hint} (only "
+        "task=custom takes keys of its own)"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -23,6 +24,7 @@ from ddpinfer.compute.tasks.custom import CustomTask, check_kept_fields
 from ddpinfer.config import Config, to_config
 from ddpinfer.errors import UserError
 from ddpinfer.launch import (
+    FILE_ONLY,
     Liveness,
     ProcessGroup,
     Watch,
@@ -48,6 +50,7 @@ from ddpinfer.launch.stopping import (
     end_sweep_job,
     in_hydra_sweep,
 )
+from ddpinfer.launch.sweeps import sweep_job
 from ddpinfer.plan import Plan, model_path, preflight, record_written
 from ddpinfer.results import (
     MergeSummary,
@@ -82,6 +85,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     if not engine:
         pin_device(device)
     run_dir = resolve_run_dir(cfg, env.job_id)
+    new_run_dir = not run_dir.exists()
     signals = StopSignals().install()
     group = ProcessGroup(env, torch.device("cpu") if engine else device, cfg.run.timeout_s)
     # Rank 0 locks the run directory before any rank writes to it (its log file included).
@@ -89,17 +93,33 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     watch = Watch(signals, lock, group.broadcast_object(lock and lock.token), run_dir)
     try:
         setup_logging(run_dir, env.rank, env.is_main, cfg.log.level)
+        log.info("command: %s", " ".join(sys.argv), extra=FILE_ONLY)  # what made this directory
         log.debug("pid %d, %s launch, attempt %d", os.getpid(), env.launcher, env.restart_count)
         if lock is not None and lock.took_over:
             log.warning("%s", lock.took_over)
         if device.type == "cpu":
             set_cpu_threads(cfg.cpu_threads, env.local_world_size)
         result = _run_watched(cfg, env, device, run_dir, group, watch, clock)
+    except UserError:
+        if lock is not None:
+            lock.release()
+            lock = None
+            if new_run_dir:
+                remove_if_unused(run_dir)
+        raise
     finally:
         if lock is not None:
             lock.release()
     group.close()
     return result
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """A run directory this job made and left with nothing but its logs (a setting refused
+    before any work): gone again, so that failed tries leave no clutter. The error is on the
+    console."""
+    if {p.name for p in run_dir.iterdir()} <= {"logs"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run_watched(
@@ -258,7 +278,13 @@ def main(cfg: DictConfig) -> None:
     """Validate and run Hydra's composed config. Errors a user can fix become one clear line
     naming the rank; each way of stopping early has its own exit code (see ``stopping``)."""
     try:
-        run(to_config(cfg))
+        config = to_config(cfg)
+        if in_hydra_sweep():
+            config, tag = sweep_job(config)
+            if tag and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+                where = config.output.path or f"run.name={config.run.name}"
+                print(f"ddpinfer: sweep point {tag}: {where}", file=sys.stderr, flush=True)
+        run(config)
         code = 0
     except UserError as e:  # bad input or configuration
         report(f"error: {e}")

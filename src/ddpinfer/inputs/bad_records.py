@@ -21,9 +21,10 @@ class TooManyBadInputs(InputError):
 
 
 def max_bad_rows(max_bad: float | None, num_rows: int) -> int:
-    """data.max_bad as a count: below 1 a fraction of ``num_rows`` (rounded down), else a count."""
+    """data.max_bad as a count: below 1 a fraction of ``num_rows``, rounded up (so that a
+    fraction lets a small input skip one bad record), else a count."""
     setting = DEFAULT_MAX_BAD if max_bad is None else max_bad
-    return math.floor(setting * num_rows) if setting < 1 else int(setting)
+    return math.ceil(round(setting * num_rows, 6)) if setting < 1 else int(setting)
 
 
 def check_bad_share(scan: InputScan, max_bad: float | None, path: str) -> None:
@@ -38,9 +39,14 @@ def check_bad_share(scan: InputScan, max_bad: float | None, path: str) -> None:
         else f"{scan.bad_rows} of its {scan.num_rows} input records are bad, more than "
         f"data.max_bad allows ({limit}{'' if max_bad is not None else ', 10 %'})"
     )
+    hint = (
+        "a run whose every record is bad always stops: fix the setting or the file this points "
+        "at (a misspelt data.text_field or data.id_field makes every record bad)"
+        if scan.bad_rows == scan.num_rows
+        else "fix the setting or the file this points at; to go on skipping this many, raise "
+        "data.max_bad (a count like 500, or a fraction like 0.5)"
+    )
     raise TooManyBadInputs(
         f"{path}: {how_many}. Most common problem: {kind} ({count} record(s)), e.g. "
-        f"{scan.examples[kind]} HINT: fix the setting or the file this points at (a misspelt "
-        "data.text_field or data.id_field makes every record bad); to go on skipping this many, "
-        "raise data.max_bad (a count like 500, or a fraction like 0.5)."
+        f"{scan.examples[kind]} HINT: {hint}."
     )

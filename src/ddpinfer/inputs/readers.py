@@ -35,6 +35,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """Integer ids must fit here: every output format stores them as int64."""
 
 
+class MissingField(InputError):
+    """A record without the text or id field: usually data.text_field or data.id_field is
+    wrong, and skipping would only mark every record bad."""
+
+
 @dataclass(frozen=True)
 class Row:
     index: int
@@ -65,6 +70,8 @@ class InputSpec:
     keep: tuple[str, ...] = ()
     """Fields copied to the output as they are (``output.keep_fields``): read into
     ``Row.fields`` like ``fields``, and part of the content digest, since they reach the output."""
+    id_detected: bool = False
+    """``id_field`` was unset, and the records have a field named ``id``: it is the id."""
 
     def read_fields(self) -> list[str]:
         """Every field a record must have besides the text and the id."""
@@ -82,7 +89,18 @@ def open_spec(
     keep: tuple[str, ...] = (),
 ) -> InputSpec:
     found = find_input_files(path, fmt, split)
-    spec = InputSpec(path, found.files, found.format, text_field, id_field, skip_bad, fields, keep)
+    detected = id_field is None and ID_FIELD in first_record_fields(found.files[0], found.format)
+    spec = InputSpec(
+        path,
+        found.files,
+        found.format,
+        text_field,
+        ID_FIELD if detected else id_field,
+        skip_bad,
+        fields,
+        keep,
+        id_detected=detected,
+    )
     if spec.read_fields() and spec.format == "text":
         raise InputError(
             f"{path}: a plain text file has no field {spec.read_fields()[0]!r}. "
@@ -91,12 +109,42 @@ def open_spec(
     return spec
 
 
+ID_FIELD = "id"
+"""The field used as each record's id when data.id_field is unset and the records have it."""
+
+
+def first_record_fields(path: Path, fmt: str) -> list[str]:
+    """The field names of a file's first record (its header, its schema), without reading the
+    rest; [] for plain text, or when the first record says nothing (it is checked later)."""
+    import pyarrow as pa
+
+    try:
+        if fmt == "csv":
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                return next(csv.reader(f), [])
+        if fmt == "jsonl":
+            first = next(nonblank_lines(path), (0, b"{}"))[1]
+            record = json.loads(first.decode("utf-8"))
+            return list(record) if isinstance(record, dict) else []
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        if fmt == "hf_dataset":
+            with pa.memory_map(str(path)) as source:
+                return list(pa.ipc.open_stream(source).schema.names)
+    except (OSError, ValueError, UnicodeDecodeError, InputError, pa.ArrowException):
+        return []
+    return []
+
+
 def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
     """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order.
     Parquet and Arrow files and batches before the range are skipped by their row counts,
     without decoding them."""
     rows = rows if rows is not None else range(2**62)
     first = 0  # the row of the file's first record: rows count on across files
+    lines_before = 0  # plain text: ids are line numbers, counted on across files too
     for file in spec.files:
         if first >= rows.stop:
             return
@@ -110,30 +158,43 @@ def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
                     yield make_row(spec, file, first + offset, f"row {offset}", record)
             first += size
             continue
-        index = first
-        for line, raw in _csv_records(file) if spec.format == "csv" else nonblank_lines(file):
+        index, counted = first, [0]
+        records = _csv_records(file) if spec.format == "csv" else nonblank_lines(file, counted)
+        for line, raw in records:
             if index >= rows.stop:
                 return
             if index >= rows.start:
-                yield make_row(spec, file, index, line, raw)
+                yield make_row(spec, file, index, line, raw, lines_before + line - 1)
             index += 1
-        first = index
+        first, lines_before = index, lines_before + counted[0]
 
 
-def nonblank_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines as bytes, with 1-based line numbers; decoded per line so that one
-    undecodable line is one bad record, not an unreadable file."""
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark some editors (Excel, Notepad) put at the start of a file."""
+
+
+def nonblank_lines(path: Path, counted: list[int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines as bytes, with 1-based line numbers (a byte-order mark before the first
+    left out); decoded per line so that one undecodable line is one bad record, not an
+    unreadable file. ``counted[0]`` becomes the file's number of lines, blank ones included,
+    once every line is read."""
     try:
         with open(path, "rb") as f:
+            line_no = 0
             for line_no, line in enumerate(f, start=1):
+                if line_no == 1 and line.startswith(BOM):
+                    line = line[len(BOM) :]
                 if line.strip():
                     yield line_no, line
+            if counted is not None:
+                counted[0] = line_no
     except OSError as e:
         raise unreadable(path, e) from None
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: a byte-order mark (Excel's) is not part of the first column's name
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         try:
             if reader.fieldnames is None:
@@ -245,19 +306,32 @@ def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
     return [], first
 
 
-def make_row(spec: InputSpec, file: Path, index: int, where: int | str, raw: bytes | dict) -> Row:
+def make_row(
+    spec: InputSpec,
+    file: Path,
+    index: int,
+    where: int | str,
+    raw: bytes | dict,
+    line: int | None = None,
+) -> Row:
+    """The record read from ``raw``; ``line``: its 0-based line across the input's files, the
+    id of a plain text file's line (blank lines are no inputs, but ids still match the file)."""
     at = f"{file}:{where}" if isinstance(where, int) else f"{file} ({where})"
     record_id: Id | None = index if spec.id_field is None else None
+    if spec.format == "text" and line is not None:
+        record_id = line
     try:
         record = _parse(spec, at, raw)
         if spec.format == "text":
-            return Row(index, index, _check_text(at, record), at=at)
+            return Row(index, record_id, _check_text(at, record), at=at)
         record_id = _record_id(spec, at, index, record)
         text = _record_text(spec, at, record)
         return Row(index, record_id, text, fields=_record_fields(spec, file, at, record), at=at)
     except InputError as e:
-        if not spec.skip_bad:
-            raise InputError(f"{e} {SKIP_HINT}") from None
+        if not spec.skip_bad:  # a missing field is a setting to fix, not a record to skip
+            raise InputError(
+                str(e) if isinstance(e, MissingField) else f"{e} {SKIP_HINT}"
+            ) from None
         return Row(index, record_id, "", error=str(e), at=at)
 
 
@@ -291,7 +365,7 @@ def _record_text(spec: InputSpec, at: str, record: dict) -> str:
     if None in record:  # csv.DictReader puts surplus cells under the key None
         raise InputError(f"{at}: more cells than the header has columns.")
     if spec.text_field not in record:
-        raise InputError(
+        raise MissingField(
             f"{at}: no field {spec.text_field!r}; fields present: {', '.join(map(str, record))}. "
             f"HINT: set data.text_field=<one of them>."
         )
@@ -326,7 +400,7 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
     if spec.id_field is None:
         return index
     if spec.id_field not in record:
-        raise InputError(
+        raise MissingField(
             f"{at}: no id field {spec.id_field!r}; fields present: {', '.join(map(str, record))}. "
             f"HINT: set data.id_field=<one of them>, or leave it unset to use row numbers."
         )

@@ -66,6 +66,8 @@ class InputScan:
     """How many bad records there are of each kind (``bad_reason``)."""
     examples: dict[str, str] = field(default_factory=dict)
     """The first full message of each kind of bad record."""
+    blank_lines: int = 0
+    """Plain text: blank lines before the last input (no inputs; ids are line numbers)."""
 
 
 def bad_reason(message: str) -> str:
@@ -97,7 +99,7 @@ def scan(
     path (what it is checked and measured against)."""
     digests = RowDigests([str(f) for f in spec.files], block_rows)
     tally = _Tally(spec)
-    num_rows = 0
+    num_rows, last_id = 0, -1
     for batch in _batches(spec, fast=not record_by_record):
         # Tallied first: a row's digest covers whether it repeats an id seen before it, so a
         # resume recomputes a row that became (or stopped being) a repeat through an edit
@@ -107,13 +109,23 @@ def scan(
             batch.ids, batch.texts, _with(batch.errors, repeats, len(batch.ids)), batch.kept
         )
         num_rows += len(batch.ids)
+        last_id = batch.ids[-1] if batch.ids else last_id
     if num_rows == 0:
         what = "the file holds" if len(spec.files) == 1 else f"its {len(spec.files)} files hold"
         raise InputError(f"{spec.source}: {what} no inputs. HINT: check data.path.")
     digest, blocks = digests.finish(num_rows)
     bad = sum(tally.reasons.values())
+    blank = last_id + 1 - num_rows if spec.format == "text" else 0
     return InputScan(
-        num_rows, bad, tally.duplicates, digest, block_rows, blocks, tally.reasons, tally.examples
+        num_rows,
+        bad,
+        tally.duplicates,
+        digest,
+        block_rows,
+        blocks,
+        tally.reasons,
+        tally.examples,
+        blank,
     )
 
 
@@ -122,7 +134,7 @@ class _Tally:
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
-        self.seen: dict[Id, int] | None = {} if spec.id_field is not None else None
+        self.seen: dict[str, int] | None = {} if spec.id_field is not None else None
         self.duplicates: dict[int, str] = {}
         self.reasons: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
@@ -137,8 +149,8 @@ class _Tally:
         for index, row_id, error in zip(itertools.count(batch.first), batch.ids, errors):
             if error is not None:
                 self._count(bad_reason(error), error)
-            elif self.seen is not None:
-                first = self.seen.setdefault(row_id, index)
+            elif self.seen is not None:  # 1 and "1" are one id: Parquet's string ids
+                first = self.seen.setdefault(str(row_id), index)
                 if first != index:
                     repeats[index - batch.first] = self._repeat(batch, index, row_id, first)
         return repeats

@@ -33,6 +33,8 @@ WHOLE_FILE_BYTES = 1 << 20
 SAMPLES, SAMPLE_BYTES = 16, 64 << 10
 MAX_HEADER_BYTES = 100 << 20
 UNIT_KEY = "unit_digests"
+BLOCK_KEY = "digest_block_rows"
+"""Rows per digest block the unit digests were made from (so a re-run hashes them alike)."""
 
 
 class FingerprintMismatch(UserError):
@@ -128,6 +130,7 @@ def compute(
         **({"output": {"keep_fields": list(spec.keep)}} if spec.keep else {}),
         "unit_size": unit_size,
         UNIT_KEY: unit_digests(scan, unit_size),
+        BLOCK_KEY: scan.block_rows,
     }
 
 
@@ -199,8 +202,10 @@ def load(run_dir: Path) -> dict[str, Any] | None:
 
 
 def changed_units(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) -> list[int]:
-    """The units whose rows changed since ``stored`` was made; raise if anything else did
-    (another model, task, row count: nothing finished can be reused)."""
+    """The units whose rows changed since ``stored`` was made, and those that are gone (rows
+    removed at the end); raise if anything else did (another model, task, unit size: nothing
+    finished can be reused). Rows appended, or a file added to a glob, change the row count
+    and the file list only: the units whose rows are the same keep their work."""
     scheme = new["inputs"]["digest_scheme"]
     if stored.get("inputs", {}).get("digest_scheme") != scheme:
         raise _refuse(
@@ -208,12 +213,16 @@ def changed_units(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) ->
             "whose input digests were made by an earlier version of ddpinfer, so which rows "
             "changed since cannot be told",
         )
-    ignore = {"inputs": {"digest"}, UNIT_KEY: None}
+    ignore = {"inputs": {"digest", "rows", "files"}, UNIT_KEY: None, BLOCK_KEY: None}
     changed = _differences(_without(stored, ignore), _without(new, ignore))
     if changed:
         raise _refuse(run_dir, f"from a different run ({'; '.join(changed[:6])})")
-    old_units = stored.get(UNIT_KEY) or []
-    return [i for i, d in enumerate(new[UNIT_KEY]) if i >= len(old_units) or old_units[i] != d]
+    old_units, new_units = stored.get(UNIT_KEY) or [], new[UNIT_KEY]
+    return [
+        i
+        for i in range(max(len(old_units), len(new_units)))
+        if i >= len(old_units) or i >= len(new_units) or old_units[i] != new_units[i]
+    ]
 
 
 def _without(fingerprint: dict[str, Any], ignore: dict[str, Any]) -> dict[str, Any]:

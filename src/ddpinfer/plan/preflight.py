@@ -79,6 +79,11 @@ def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.In
             "HINT: use output.format=jsonl or parquet (or an output.path ending in one of those)."
         )
     spec = input_spec(cfg)
+    if spec.id_detected and env.is_main:
+        log.info(
+            "data.id_field is unset and the records have a field named 'id': it is each "
+            "output row's id (data.id_field=<field> names another)"
+        )
     check_keep_fields(cfg)
     check_engine(cfg)
     check_model_path(model_path(cfg))
@@ -102,6 +107,7 @@ def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
     log.info("run.fresh=true: discarding earlier work in %s", run_dir)
     shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
     (run_dir / fingerprint.FINGERPRINT).unlink(missing_ok=True)
+    (run_dir / "manifest.json").unlink(missing_ok=True)  # its attempts' work is thrown away
     return True
 
 
@@ -111,10 +117,15 @@ def _plan_on_main(
     started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
-    scan = input_scan.scan(spec, cfg.data.unit_size or input_scan.BLOCK_ROWS)
+    earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
+    scan = input_scan.scan(
+        spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS)
+    )
     if spec.skip_bad:
         check_bad_share(scan, cfg.data.max_bad, spec.source)
-    unit_size = cfg.data.unit_size or work_units.auto_unit_size(scan.num_rows)
+    unit_size = cfg.data.unit_size or (
+        earlier[0] if earlier else work_units.auto_unit_size(scan.num_rows)
+    )
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
     resumed, files = finished.reconcile(run_dir, new, unit_size)
     with atomic_text(run_dir / "config.yaml") as f:
@@ -123,6 +134,13 @@ def _plan_on_main(
     done = finished.done_rows(files, units)
     pending = [i for i in range(len(units)) if i not in done or done[i] is not None]
     partial = {u: sorted(rows) for u, rows in done.items() if rows is not None}
+    if scan.blank_lines:
+        log.info(
+            "%s: %d blank line(s) are no inputs; the ids are line numbers (from 0), so they "
+            "still match the file's lines",
+            spec.source,
+            scan.blank_lines,
+        )
     if scan.bad_rows:
         log.warning(
             "%d bad input(s) will be skipped and recorded in %s",
@@ -151,6 +169,20 @@ def _plan_on_main(
         "fingerprint": new if remote_nodes else None,
         "started_fresh": started_fresh,
     }
+
+
+def _earlier_units(run_dir: Path) -> tuple[int, int] | None:
+    """The unit size an earlier run of this directory used (with data.unit_size unset), and
+    the rows per digest block it hashed: kept when rows were appended since, so that the units
+    it finished are the same rows, hashed the same way, and keep their work."""
+    stored = fingerprint.load(run_dir)
+    size = stored.get("unit_size") if stored else None
+    if not isinstance(size, int) or size <= 0:
+        return None
+    block = stored.get(fingerprint.BLOCK_KEY)  # absent before ddpinfer stored it
+    if not isinstance(block, int) or block <= 0:
+        block = input_scan.BLOCK_ROWS if size % input_scan.BLOCK_ROWS == 0 else size
+    return size, block
 
 
 def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:

@@ -50,13 +50,40 @@ def check_engine(cfg: Config) -> None:
 
 
 def check_model_path(path: str) -> None:
-    """A path-like model.path must exist; anything else is treated as a hub id."""
+    """A path-like model.path must exist; anything else is a hub id, which must be in the local
+    cache when downloads are off (else it is a local path mistyped, most likely)."""
+    if path.startswith("custom:") or Path(path).expanduser().is_dir():
+        return
     looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
-    if looks_local and not Path(path).expanduser().is_dir():
+    if looks_local:
         raise ModelPathError(
             f"model.path={path}: no such directory. HINT: point model.path at a folder made by "
             "save_pretrained (it holds config.json)."
         )
+    if _downloads_off() and not _in_hub_cache(path):
+        raise ModelPathError(
+            f"model.path={path}: no such directory (in {Path.cwd()}), and no model of that name "
+            "in the Hugging Face cache, with downloads off (HF_HUB_OFFLINE). HINT: check the "
+            "path, or download the model where the hub can be reached."
+        )
+
+
+def _downloads_off() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
 
 
 def custom_task_module_file(target: str) -> Path | None:

@@ -121,8 +121,12 @@ def _duration(seconds: float | None) -> str:
 
 
 def rates_text(s: Snapshot) -> str:
-    rank, rate = s.slowest
-    return f"{s.tokens_per_s:,.0f} tokens/s, slowest rank {rank} at {rate:.1f} inputs/s"
+    """Tokens/s, and the slowest rank (with several)."""
+    text = f"{s.tokens_per_s:,.0f} tokens/s"
+    if len(s.inputs) > 1:
+        rank, rate = s.slowest
+        text += f", slowest rank {rank} at {rate:.1f} inputs/s"
+    return text
 
 
 def progress_line(s: Snapshot) -> str:
@@ -204,12 +208,17 @@ class _Bar:
             dynamic_ncols=wide,
             ncols=None if wide else 120,
             nrows=None if wide else 20,
+            # the rate and ETA are the job's own (every rank's inputs since the start), not
+            # tqdm's estimate from the bar's updates, which counts earlier attempts' work too
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         self.handlers = _redirect_console(self.tqdm)
 
     def show(self, s: Snapshot) -> None:
         self.tqdm.update(s.done - self.tqdm.n)
-        self.tqdm.set_postfix_str(rates_text(s))
+        self.tqdm.set_postfix_str(
+            f"ETA {_duration(s.eta_s)}, {s.inputs_per_s:,.1f} inputs/s, {rates_text(s)}"
+        )
 
     def close(self) -> None:
         self.tqdm.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from transformers import AutoModelForSequenceClassification
 from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.base import Columns, Task
 from ddpinfer.config import ClassifyTaskConfig, Config
+
+log = logging.getLogger("ddpinfer")
 
 
 class ClassifyTask(Task):
@@ -33,8 +36,9 @@ class ClassifyTask(Task):
             "score": top_scores[:, 0],
         }
         if self.cfg.top_k:
+            # scores stay float32, as "score" is: the same digits in every output format
             columns["top_k"] = [
-                [{"label": self.labels[i], "score": s} for i, s in zip(ids, values.tolist())]
+                [{"label": self.labels[i], "score": s} for i, s in zip(ids, values)]
                 for ids, values in zip(top_ids, top_scores)
             ]
         return columns
@@ -43,4 +47,12 @@ class ClassifyTask(Task):
 def build(cfg: Config, path: str, device: torch.device) -> ClassifyTask:
     tokenizer = model_loading.load_tokenizer(cfg.model, path)
     model = model_loading.load_model(AutoModelForSequenceClassification, cfg.model, path, device)
+    if cfg.task.top_k and cfg.task.top_k > model.config.num_labels:
+        log.warning(
+            "task.top_k=%d, but model.path=%s has %d labels: top_k holds all %d",
+            cfg.task.top_k,
+            path,
+            model.config.num_labels,
+            model.config.num_labels,
+        )
     return ClassifyTask(tokenizer, model, model_loading.max_length(cfg.model, tokenizer), cfg.task)
