@@ -97,18 +97,13 @@ def sbatch(
     assert job_id.isdigit(), submitted.stderr
     deadline = time.monotonic() + timeout
     # squeue every 0.25 s tells sooner than sbatch --wait, which polls at 2, 8 then 32 s.
-    while subprocess.run(
-        ["squeue", "-h", "-j", job_id], env=env, capture_output=True, text=True
-    ).stdout.strip():
+    while in_queue(env, job_id):
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job_id], env=env)
             pytest.fail(f"job {job_id} still running after {timeout}s")
         time.sleep(0.25)
-    info = subprocess.run(
-        ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True
-    ).stdout
-    state = re.search(r"JobState=(\S+)", info).group(1)
-    code = re.search(r"ExitCode=(\S+)", info).group(1)
+    fields = job_fields(env, job_id)
+    state, code = fields["JobState"], fields["ExitCode"]
     log = (workdir / f"slurm-{job_id}.out").read_text()
     return state, code, log
 
@@ -198,10 +193,7 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
     ).stdout.strip()
 
     def job_field(name: str) -> str:
-        info = subprocess.run(
-            ["scontrol", "show", "job", job], env=slurm_env, capture_output=True, text=True
-        ).stdout
-        return re.search(rf"{name}=(\S+)", info).group(1)
+        return job_fields(slurm_env, job)[name]
 
     wait_until(lambda: sum(attempt_rows(work, 0)) >= 4)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
@@ -232,6 +224,32 @@ def attempt_rows(work: Path, attempt: int) -> list[int]:
         found = re.findall(r"\((\d+) this attempt\)", text)
         counts.append(int(found[-1]) if found else 0)
     return counts
+
+
+def in_queue(env, job_id: str) -> bool:
+    """Whether the job is still queued or running (asked again while slurmctld is too busy to
+    answer, as it can be when the suite loads the machine)."""
+    for _ in range(40):
+        result = subprocess.run(
+            ["squeue", "-h", "-j", job_id], env=env, capture_output=True, text=True
+        )
+        if result.returncode == 0:
+            return bool(result.stdout.strip())
+        time.sleep(0.25)
+    raise AssertionError(f"squeue -j {job_id} failed: {result.stderr}")
+
+
+def job_fields(env, job_id: str) -> dict[str, str]:
+    """``scontrol show job``'s fields (asked again while slurmctld does not answer)."""
+    for _ in range(40):
+        result = subprocess.run(
+            ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True
+        )
+        fields = dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+        if "JobState" in fields:
+            return fields
+        time.sleep(0.25)
+    raise AssertionError(f"scontrol show job {job_id} gave nothing: {result.stderr}")
 
 
 def wait_until(predicate, timeout: float = 120) -> None:
@@ -294,10 +312,7 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
     job = next(p.name for p in (work / "multirun" / ".submitit").iterdir() if p.name.isdigit())
 
     def job_field(name: str) -> str:
-        info = subprocess.run(
-            ["scontrol", "show", "job", job], env=slurm_env, capture_output=True, text=True
-        ).stdout
-        return re.search(rf"{name}=(\S+)", info).group(1)
+        return job_fields(slurm_env, job)[name]
 
     subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
     wait_until(lambda: job_field("Restarts") == "1")
