@@ -204,18 +204,19 @@ def _engine_environment(env: LaunchEnv, device: torch.device, gpus: int) -> Iter
         changes["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHILD_SITE), path) if p)
     saved = {k: os.environ.get(k) for k in changes}
     try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(changes)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(saved)
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    """Set these variables; unset those whose value is None."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _launcher_var(key: str) -> bool:
@@ -235,17 +236,19 @@ def _start_error(error: Exception, model_path: str) -> Exception:
     text = str(error)
     first = text.strip().splitlines()[0].rstrip(". ") if text.strip() else ""
     if any(word in text.lower() for word in MEMORY_WORDS):
-        return EngineStartError(
-            f"model.path={model_path}: the vLLM engine could not start: {type(error).__name__}: "
-            f"{first}. HINT: lower task.vllm.max_model_len or "
-            "task.vllm.max_num_seqs, give the engine more memory (task.vllm.gpu_memory_utilization"
-            "; on CPU task.vllm.kv_cache_gib), or spread the model over more GPUs "
-            "(model.gpus_per_replica)."
+        hint = (
+            "lower task.vllm.max_model_len or task.vllm.max_num_seqs, give the engine more memory "
+            "(task.vllm.gpu_memory_utilization; on CPU task.vllm.kv_cache_gib), or spread the "
+            "model over more GPUs (model.gpus_per_replica)"
+        )
+    else:
+        hint = (
+            "the rank's log has the whole traceback; task.engine=hf runs the model through "
+            "transformers instead"
         )
     return EngineStartError(
         f"model.path={model_path}: the vLLM engine could not start: {type(error).__name__}: "
-        f"{first}. HINT: the rank's log has the whole traceback; "
-        "task.engine=hf runs the model through transformers instead."
+        f"{first}. HINT: {hint}."
     )
 
 
