@@ -77,35 +77,63 @@ def test_sampling_gives_the_same_text_on_one_and_two_ranks(tmp_path, llama_gener
     assert [r["generated_text"] for r in one] != [r["generated_text"] for r in greedy]
 
 
-def test_a_stop_mid_run_loses_only_requests_in_flight_and_resumes(tmp_path, llama_generator):
+def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resumes(
+    tmp_path, llama_generator
+):
+    """Three runs of the same command: two ranks stopped by a SIGTERM mid-run; two ranks again,
+    whose rank 1 loses its engine's process mid-run (the run fails naming it, never hangs);
+    one process that finishes. Every input journaled before a stop or a failure is kept."""
     import os
+    import shutil
     import subprocess
     import time
 
     from helpers import subprocess_env
 
-    args = job(tmp_path, llama_generator, *ENGINE, "output.path=out.jsonl", "run.name=job")
-    slow = [*args, "fault.delay_s=1", "log.level=DEBUG", "task.vllm.max_num_seqs=2"]
-    proc = subprocess.Popen(
-        torchrun_cmd(slow, 2), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    n = 64
+    write_jsonl(tmp_path / "in.jsonl", [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(n)])
+    # one request at a time, long outputs: the engines are still busy when they are stopped
+    args = ["task=generate", f"model.path={llama_generator}", "data.path=in.jsonl",
+            "data.id_field=uid", "data.unit_size=4", "task.max_new_tokens=100", *ENGINE,
+            "task.vllm.max_num_seqs=1", "output.path=out.jsonl", "run.name=job"]  # fmt: skip
     logs = tmp_path / "runs" / "job" / "logs"
-    try:
-        deadline = time.monotonic() + 240
-        while finished(logs) < 4:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    done = finished(logs)
-    assert 4 <= done < N
+
+    def two_ranks_until(ready, stop, attempt: int) -> tuple[int, str]:
+        """Run on two ranks until ``ready(journaled per rank)``, then ``stop(the torchrun
+        process)``; the inputs the ranks journaled, and the console."""
+        console = tmp_path / f"console-{attempt}.txt"
+        proc = subprocess.Popen(
+            torchrun_cmd([*args, "log.level=DEBUG"], 2), cwd=tmp_path, env=subprocess_env(),
+            stdout=console.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not ready(finished_by_rank(logs)):
+                assert time.monotonic() < deadline and proc.poll() is None, read(console)
+                time.sleep(0.1)
+            stop(proc)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode != 0
+        done = finished(logs)
+        shutil.move(logs, tmp_path / f"logs-{attempt}")  # the next run's counts start at 0
+        return done, read(console)
+
+    stopped, _ = two_ranks_until(
+        lambda done: sum(done.values()) >= 4, lambda proc: os.killpg(proc.pid, signal.SIGTERM), 1
+    )
+    failed, console = two_ranks_until(
+        lambda done: 1 in done,  # rank 1's engine is up and busy
+        lambda proc: os.kill(engine_process_of_rank(1), signal.SIGKILL), 2,
+    )  # fmt: skip
+    assert "rank 1 failed: EngineFailed: the vLLM engine's process" in console
+    assert "HINT:" in console
+    assert 4 <= stopped + failed < n
     run_in_process(args, cwd=tmp_path)  # the same command again, one process
     stats = json.loads((tmp_path / "runs" / "job" / "stats" / "rank0.json").read_text())
-    assert stats["rows"] == N - done  # every journaled input kept, nothing computed twice
+    assert stats["rows"] == n - stopped - failed  # every journaled input kept, none twice
     reference = outputs(tmp_path, "ref.jsonl", [a for a in args if a not in ENGINE])
     assert read_jsonl(tmp_path / "out.jsonl") == reference
 
@@ -123,59 +151,6 @@ def finished_by_rank(logs) -> dict[int, int]:
         if found:
             counts[int(path.stem.removeprefix("rank"))] = int(found[-1])
     return counts
-
-
-def test_image_text_through_the_engine_equals_transformers(tmp_path, tiny_llava):
-    data, _ = write_image_inputs(tmp_path)
-    args = ["task=image_text", f"model.path={tiny_llava}", f"data.path={data}",
-            "data.id_field=uid", "task.max_new_tokens=6"]  # fmt: skip
-    reference = outputs(tmp_path, "hf.jsonl", args)
-    # vLLM's own LLaVA code needs torchvision, which has no build for a CPU torch here: its
-    # Transformers backend runs the same model without it
-    engine = [*ENGINE, "+task.vllm.extra.model_impl=transformers"]
-    assert outputs(tmp_path, "vllm.jsonl", args, *engine) == reference
-
-
-def test_an_engine_that_dies_fails_the_run_naming_the_rank_and_a_rerun_resumes(
-    tmp_path, llama_generator
-):
-    import os
-    import subprocess
-    import time
-
-    from helpers import subprocess_env
-
-    n = 64
-    write_jsonl(tmp_path / "in.jsonl", [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(n)])
-    # one request at a time, long outputs: rank 1's engine is still busy when it is killed
-    args = ["task=generate", f"model.path={llama_generator}", "data.path=in.jsonl",
-            "data.id_field=uid", "data.unit_size=4", "task.max_new_tokens=100", *ENGINE,
-            "task.vllm.max_num_seqs=1", "output.path=out.jsonl", "run.name=job"]  # fmt: skip
-    console, logs = tmp_path / "console.txt", tmp_path / "runs" / "job" / "logs"
-    proc = subprocess.Popen(
-        torchrun_cmd([*args, "log.level=DEBUG"], 2), cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=console.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while 1 not in finished_by_rank(logs):  # its engine is up and running
-            assert time.monotonic() < deadline and proc.poll() is None, read(console)
-            time.sleep(0.1)
-        os.kill(engine_process_of_rank(1), signal.SIGKILL)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
-    assert "rank 1 failed: EngineFailed: the vLLM engine's process" in read(console)
-    assert "HINT:" in read(console)
-    done = finished(logs)
-    assert done < n
-    run_in_process(args, cwd=tmp_path)  # the same command again, one process
-    stats = json.loads((tmp_path / "runs" / "job" / "stats" / "rank0.json").read_text())
-    assert stats["rows"] == n - done  # what the first run finished is kept
-    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(n)]
 
 
 def read(path) -> str:
@@ -203,11 +178,26 @@ def engine_process_of_rank(rank: int) -> int:
 def test_an_engine_without_memory_for_its_cache_stops_before_any_work_with_a_hint(
     tmp_path, llama_generator
 ):
+    from ddpinfer.compute.engines.vllm_engine import EngineStartError
+
     args = job(tmp_path, llama_generator, "task.engine=vllm", "task.vllm.kv_cache_gib=0.0001",
                "output.path=out.jsonl")  # fmt: skip
-    result = launch(args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "the vLLM engine could not start" in result.stderr
-    assert "HINT: lower task.vllm.max_model_len" in result.stderr
-    assert ".." not in result.stderr.split("the vLLM engine could not start")[1].split("HINT")[0]
+    with pytest.raises(EngineStartError) as refused:  # a UserError: exit code 2, no traceback
+        run_in_process(args, cwd=tmp_path)
+    message = str(refused.value)
+    assert "the vLLM engine could not start" in message and ".." not in message
+    assert "HINT: lower task.vllm.max_model_len" in message
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_image_text_through_the_engine_equals_transformers(tmp_path, tiny_llava):
+    data, _ = write_image_inputs(tmp_path)
+    args = ["task=image_text", f"model.path={tiny_llava}", f"data.path={data}",
+            "data.id_field=uid", "task.max_new_tokens=6"]  # fmt: skip
+    reference = outputs(tmp_path, "hf.jsonl", args)
+    # vLLM's own LLaVA code needs torchvision, which has no build for a CPU torch here: its
+    # Transformers backend runs the same model without it. That backend patches transformers'
+    # model classes in the process it runs in: a process of its own, so the later tests of this
+    # worker load models unpatched
+    engine = [*ENGINE, "+task.vllm.extra.model_impl=transformers"]
+    assert outputs(tmp_path, "vllm.jsonl", args, *engine, nproc=1) == reference
