@@ -110,7 +110,6 @@ class VllmEngine:
         if images_per_prompt:
             args["limit_mm_per_prompt"] = {"image": images_per_prompt}
         args = {k: v for k, v in {**args, **settings.extra}.items() if v is not None}
-        self.in_flight = 0
         try:
             with _engine_environment(env, device, model.gpus_per_replica):
                 self.engine = LLMEngine.from_engine_args(EngineArgs(**args))
@@ -132,7 +131,6 @@ class VllmEngine:
             if self._dead() or type(e).__name__ == "EngineDeadError":
                 raise EngineFailed(DIED) from e
             raise RequestRejected(f"the vLLM engine refused it: {type(e).__name__}: {e}") from e
-        self.in_flight += 1
 
     def step(self) -> list[Finished]:
         """One engine step: the requests it finished."""
@@ -143,13 +141,11 @@ class VllmEngine:
             if self._dead():
                 raise EngineFailed(DIED) from e
             raise EngineFailed(f"the vLLM engine failed: {type(e).__name__}: {e}") from e
-        done = [
+        return [
             Finished(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
             for o in outputs
             if o.finished
         ]
-        self.in_flight -= len(done)
-        return done
 
     def _await_output(self) -> None:
         """Wait until the engine's process has sent its next output, or has died.
