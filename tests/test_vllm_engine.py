@@ -68,7 +68,7 @@ def test_greedy_text_equals_transformers_and_a_refused_prompt_is_recorded(
 
 def test_sampling_gives_the_same_text_on_one_and_two_ranks(tmp_path, llama_generator):
     args = job(tmp_path, llama_generator, *ENGINE, "task.do_sample=true", "task.top_k=20")
-    one = outputs(tmp_path, "one.jsonl", args)
+    one = outputs(tmp_path, "one.jsonl", args, nproc=1)  # (one thread: see the test below)
     two = outputs(tmp_path, "two.jsonl", args, "data.unit_size=2", nproc=2)
     assert one == two
     # greedy through transformers (the engine's greedy text is the same: the test above)
@@ -82,8 +82,8 @@ def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resum
 ):
     """Three runs of the same command: one rank stopped by a SIGTERM mid-run; two ranks, whose
     rank 1 loses its engine's process once the run is under way (the run fails naming it, never
-    hangs, and rank 0 stops); one process that finishes. Every input journaled before a stop or a failure is
-    kept, and none is computed twice."""
+    hangs, and rank 0 stops); one rank that finishes. Every input journaled before a stop or a
+    failure is kept, and none is computed twice."""
     import os
     import shutil
     import subprocess
@@ -137,7 +137,9 @@ def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resum
     assert "rank 1 failed: EngineFailed: the vLLM engine's process" in console
     assert "HINT:" in console
     assert 4 <= stopped + failed < n
-    run_in_process(args, cwd=tmp_path)  # the same command again, one process
+    # the same command again, on one rank: its engine in the rank's process, on one thread (in
+    # this test process it would spin its threads against the other tests')
+    check(launch(args, nproc=1, cwd=tmp_path))
     stats = json.loads((tmp_path / "runs" / "job" / "stats" / "rank0.json").read_text())
     assert stats["rows"] == n - stopped - failed  # every journaled input kept, none twice
     reference = outputs(tmp_path, "ref.jsonl", [a for a in args if a not in ENGINE])
