@@ -119,15 +119,18 @@ def launch(
     cwd: Path,
     timeout: float = 300,
     extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the real entry point: `python launch/infer.py` or `torchrun --nproc_per_node=N ...`."""
+    """Run the real entry point: `python launch/infer.py` or `torchrun --nproc_per_node=N ...`,
+    with ``env`` added to the environment."""
     if nproc is None:
         cmd = [sys.executable, str(LAUNCHER), *args]
     else:
         cmd = torchrun_cmd(args, nproc, *(extra or []))
     return subprocess.run(
-        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
-    )
+        cmd, cwd=cwd, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

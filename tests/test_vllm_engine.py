@@ -26,6 +26,10 @@ pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]
 
 ENGINE = ["task.engine=vllm", "task.vllm.kv_cache_gib=1"]
+UNBOUND = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+"""For runs on one rank: its engine's threads would be bound to all the machine's cores, where
+the suite's other workers run too, and spin against them (34 inputs took 4 s alone, 170 s beside
+two busy processes; unbound, 11 s). Two-rank runs keep one core per engine."""
 N = 24
 
 
@@ -43,7 +47,7 @@ def outputs(tmp_path, name, args, *extra, nproc=None):
     if nproc is None:
         run_in_process(full, cwd=tmp_path)
     else:
-        check(launch(full, nproc=nproc, cwd=tmp_path))
+        check(launch(full, nproc=nproc, cwd=tmp_path, env=UNBOUND if nproc == 1 else None))
     return read_jsonl(tmp_path / name)
 
 
@@ -68,7 +72,7 @@ def test_greedy_text_equals_transformers_and_a_refused_prompt_is_recorded(
 
 def test_sampling_gives_the_same_text_on_one_and_two_ranks(tmp_path, llama_generator):
     args = job(tmp_path, llama_generator, *ENGINE, "task.do_sample=true", "task.top_k=20")
-    one = outputs(tmp_path, "one.jsonl", args, nproc=1)  # (one thread: see the test below)
+    one = outputs(tmp_path, "one.jsonl", args, nproc=1)
     two = outputs(tmp_path, "two.jsonl", args, "data.unit_size=2", nproc=2)
     assert one == two
     # greedy through transformers (the engine's greedy text is the same: the test above)
@@ -104,7 +108,8 @@ def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resum
         inputs the ranks journaled, and the console."""
         console = tmp_path / f"console-{attempt}.txt"
         proc = subprocess.Popen(
-            torchrun_cmd([*args, "log.level=DEBUG"], nproc), cwd=tmp_path, env=subprocess_env(),
+            torchrun_cmd([*args, "log.level=DEBUG"], nproc), cwd=tmp_path,
+            env={**subprocess_env(), **(UNBOUND if nproc == 1 else {})},
             stdout=console.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
@@ -137,9 +142,9 @@ def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resum
     assert "rank 1 failed: EngineFailed: the vLLM engine's process" in console
     assert "HINT:" in console
     assert 4 <= stopped + failed < n
-    # the same command again, on one rank: its engine in the rank's process, on one thread (in
-    # this test process it would spin its threads against the other tests')
-    check(launch(args, nproc=1, cwd=tmp_path))
+    # the same command again, on one rank (in this test process, the engine's threads would
+    # spin against the other tests')
+    check(launch(args, nproc=1, cwd=tmp_path, env=UNBOUND))
     stats = json.loads((tmp_path / "runs" / "job" / "stats" / "rank0.json").read_text())
     assert stats["rows"] == n - stopped - failed  # every journaled input kept, none twice
     reference = outputs(tmp_path, "ref.jsonl", [a for a in args if a not in ENGINE])

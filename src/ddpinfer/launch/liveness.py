@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
 MIN_STALL_S, STALL_FACTOR, WAIT_FACTOR = 600.0, 10.0, 3.0
+EXIT_MARGIN_S = 1.0
+"""How long a lingering rank stays after the ranks it waited for have said they are leaving: a
+rank says so just before it exits, and on a loaded machine its exit can come a moment later, after
+this rank's own, which the launcher would then name as the first failure."""
 PHASES = ("start", "preflight", "work", "done", "finish", "transfer", "merge")
 """Where a rank is in the run, in order: a rank that fails a collective looks here for the rank
 that never reached it."""
@@ -226,12 +230,15 @@ class Liveness:
             waiting |= set(range(1, self.env.world_size))
         waiting -= self._dead | {self.env.rank}
         deadline = time.monotonic() + min(self.grace_s + 2 * self.heartbeat_s + 2, 30.0)
+        named = bool(waiting & self._named)
         try:
             while waiting and time.monotonic() < deadline:
                 waiting = {r for r in waiting if not self._store.check([f"left/{r}"])}
                 time.sleep(0.2)
         except Exception as e:  # the store is gone: nobody is left to wait for
             log.debug("stopped waiting for the other ranks to leave: %s", e)
+        if named:
+            time.sleep(EXIT_MARGIN_S)
 
     def explain(self, error: BaseException) -> BaseException | None:
         """A collective failed or timed out: a peer closed its connection, or never came. Find

@@ -189,7 +189,7 @@ def _engine_environment(env: LaunchEnv, device: torch.device, gpus: int) -> Iter
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
         changes["CUDA_VISIBLE_DEVICES"] = ",".join(ids[i] for i in replica_gpus(device, gpus))
-    else:
+    elif not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):  # the user's binding, if set, stays
         changes["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, _my_cores(env)))
     if env.world_size == 1 and device.type == "cpu":
         changes["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # no process group of ours to clash with
