@@ -206,6 +206,10 @@ def run_in_process(overrides: list[str], cwd: Path | None = None):
     from ddpinfer.runner import run
 
     register_configs()
+    if os.environ.get("PYTEST_XDIST_WORKER") and not any(
+        o.startswith("cpu_threads=") for o in overrides
+    ):  # the suite's workers share the cores: one thread each, as torchrun's ranks have
+        overrides = [*overrides, "cpu_threads=1"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     before = os.getcwd()
