@@ -137,7 +137,7 @@ def test_a_stop_or_a_dead_engine_loses_only_requests_in_flight_and_the_run_resum
     # its rank's work already: an engine runs ahead of the rank that collects its results)
     failed, console = run_until(
         2, lambda: "vLLM engine up" in read(logs / "rank1.log"),
-        lambda proc: os.kill(engine_process_of_rank(1), signal.SIGKILL), 2,
+        lambda proc: os.kill(engine_process_of_rank(1, proc.pid), signal.SIGKILL), 2,
     )  # fmt: skip
     assert "rank 1 failed: EngineFailed: the vLLM engine's process" in console
     assert "HINT:" in console
@@ -170,14 +170,16 @@ def read(path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def engine_process_of_rank(rank: int) -> int:
-    """The pid of the vLLM engine process that torchrun rank ``rank`` started."""
+def engine_process_of_rank(rank: int, torchrun_pid: int) -> int:
+    """The pid of the vLLM engine process that rank ``rank`` of this torchrun started (not one
+    of an earlier test's engines still shutting down)."""
     import subprocess
 
     table = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True)
-    for line in table.stdout.splitlines()[1:]:
-        pid, ppid, command = line.split(None, 2)
-        if "EngineCore" not in command:
+    rows = [line.split(None, 2) for line in table.stdout.splitlines()[1:]]
+    parent = {int(pid): int(ppid) for pid, ppid, *_ in rows}
+    for pid, ppid, *command in rows:
+        if "EngineCore" not in "".join(command) or parent.get(int(ppid)) != torchrun_pid:
             continue
         try:
             environ = open(f"/proc/{ppid}/environ", "rb").read().decode().split("\0")

@@ -3,11 +3,11 @@ engine from claimed windows of work units, and each result is journaled the engi
 request finishes.
 
 There are no batches to plan: the engine schedules requests itself (continuous batching). The
-loop keeps it full across unit and window boundaries: while fewer than ``IN_FLIGHT`` requests
-are queued or running it adds the next prepared window's prompts (prompts are made, and images
-decoded, on the feed's thread), and it asks for the next window as soon as one is taken. What
-each step finishes goes to the window's journal and, as units complete, to their parts, as the
-batched loop does; a stop between steps loses only the requests in flight.
+loop keeps it full across unit and window boundaries: while fewer than twice the requests it
+runs at once are queued or running, it adds the next prepared window's prompts (prompts are
+made, and images decoded, on the feed's thread), and it asks for the next window as soon as one
+is taken. What each step finishes goes to the window's journal and, as units complete, to their
+parts, as the batched loop does; a stop between steps loses only the requests in flight.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from ddpinfer.plan import Plan
 
 log = logging.getLogger("ddpinfer")
 
-IN_FLIGHT = 512
-"""Requests kept queued or running in the engine: enough to fill its batches (vLLM runs up to
-256 at once by default) while the next window is prepared."""
+QUEUED_BATCHES = 2
+"""Requests kept queued or running in the engine, in batches of what it runs at once
+(``max_num_seqs``): enough to refill its batch as requests finish while the next window is
+prepared. No more, so that a rank claims no work it cannot start soon: the other ranks take it,
+and a stop or a lost engine has less in flight."""
 FINISHED = ("stop", "length")
 """Finish reasons of a request that generated its text (others: aborted by the engine)."""
 
@@ -76,6 +78,7 @@ def stream_units(
     fault = faults.for_attempt(cfg.fault, env.attempt)
     read = _prompt_reader(plan, task.prompts)
     busy = 0.0
+    in_flight = QUEUED_BATCHES * task.engine.max_num_seqs
     with (
         PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
         WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
@@ -83,7 +86,7 @@ def stream_units(
         streamer = Streamer(task, writer, on_batch)
         try:
             while True:
-                while streamer.in_flight < IN_FLIGHT and not feed.done:
+                while streamer.in_flight < in_flight and not feed.done:
                     window = feed.take(block=streamer.in_flight == 0)
                     if window is None or window is DONE:
                         break

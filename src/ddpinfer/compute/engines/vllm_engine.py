@@ -117,6 +117,11 @@ class VllmEngine:
             raise _start_error(e, model_path) from e
         log.info("vLLM engine up on %s: %s", device, _shown(args))
 
+    @property
+    def max_num_seqs(self) -> int:
+        """How many requests the engine runs at once."""
+        return self.engine.vllm_config.scheduler_config.max_num_seqs
+
     def add(self, request_id: str, prompt: Any, sampling: Mapping[str, Any]) -> None:
         """Queue one request; ``RequestRejected`` when the engine refuses it."""
         from vllm import SamplingParams
