@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpinfer.parts import build_table, write_part
 from ddpinfer.plan.work_units import plan_units
+from ddpinfer.rundir.parts import build_table, write_part
 
 UNIT = 4096
 LABELS = ["negative", "neutral", "positive"]

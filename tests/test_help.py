@@ -9,7 +9,7 @@ import yaml
 from helpers import LAUNCHER, REPO, subprocess_env
 
 from ddpinfer.config import TASK_SCHEMAS, Config
-from ddpinfer.config_help import field_docs
+from ddpinfer.config.help import field_docs
 
 
 def run_launcher_result(*args: str) -> subprocess.CompletedProcess:

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ddpinfer.parts import build_table, finished_units, part_path, read_part, write_part
 from ddpinfer.plan import ids_path
 from ddpinfer.results.merge import MergeError, merge_parts
+from ddpinfer.rundir.parts import build_table, finished_units, part_path, read_part, write_part
 
 
 def write_units(run_dir, units, skip=(), ids=lambda r: f"id{r}", errors=()):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from ddpinfer.atomic import atomic_path
 from ddpinfer.launch.run_lock import (
     LOCK_NAME,
     LockFence,
@@ -20,6 +19,7 @@ from ddpinfer.launch.run_lock import (
     RunDirLocked,
     RunLock,
 )
+from ddpinfer.rundir.atomic import atomic_path
 
 
 def lock(run_dir, job="job-2", host="here", stale_after_s=60.0, attempt=0):

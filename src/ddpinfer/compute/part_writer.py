@@ -15,8 +15,8 @@ from typing import Any
 
 from ddpinfer.compute.unit_tracker import BatchResult, UnitResult
 from ddpinfer.inputs import Row
-from ddpinfer.journal import Journal
-from ddpinfer.parts import build_table, write_part
+from ddpinfer.rundir.journal import Journal
+from ddpinfer.rundir.parts import build_table, write_part
 
 MAX_PENDING = 8
 """Results waiting to be written, at most: a slow or hung filesystem holds the compute thread

@@ -31,10 +31,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ddpinfer.atomic import atomic_text, sweep_temporaries
 from ddpinfer.config import RunConfig
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
+from ddpinfer.rundir.atomic import atomic_text, sweep_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import InputScan, InputSpec
 from ddpinfer.inputs import digests as content_digest
 from ddpinfer.plan.task_needs import custom_task_source
+from ddpinfer.rundir.atomic import atomic_text
 
 FINGERPRINT = "fingerprint.json"
 WHOLE_FILE_BYTES = 1 << 20

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ddpinfer.journal import journals, salvage
-from ddpinfer.parts import drop_unreadable_parts, read_errors, unit_files
 from ddpinfer.plan import fingerprint
+from ddpinfer.rundir.journal import journals, salvage
+from ddpinfer.rundir.parts import drop_unreadable_parts, read_errors, unit_files
 
 log = logging.getLogger("ddpinfer")
 

@@ -14,10 +14,10 @@ import logging
 import uuid
 from pathlib import Path
 
-from ddpinfer.journal import salvage
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.parts import drop_unreadable_parts, parts_dir, unit_files
 from ddpinfer.plan import fingerprint, finished
+from ddpinfer.rundir.journal import salvage
+from ddpinfer.rundir.parts import drop_unreadable_parts, parts_dir, unit_files
 
 log = logging.getLogger(__name__)
 

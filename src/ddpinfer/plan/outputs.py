@@ -16,10 +16,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpinfer.atomic import atomic_text, sweep_temporaries
 from ddpinfer.config import OutputConfig
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import InputSpec
+from ddpinfer.rundir.atomic import atomic_text, sweep_temporaries
 
 SUFFIX_FORMATS = {
     ".jsonl": "jsonl",

@@ -17,14 +17,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
-from ddpinfer.parts import parts_dir, unit_files
 from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
@@ -35,6 +33,8 @@ from ddpinfer.plan.task_needs import (
     input_fields,
     model_path,
 )
+from ddpinfer.rundir.atomic import atomic_text
+from ddpinfer.rundir.parts import parts_dir, unit_files
 
 log = logging.getLogger("ddpinfer")
 

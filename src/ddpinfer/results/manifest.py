@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ddpinfer.atomic import atomic_text
 from ddpinfer.config import Config
 from ddpinfer.launch import LaunchEnv
 from ddpinfer.results import summary
 from ddpinfer.results.merge import file_sha256
+from ddpinfer.rundir.atomic import atomic_text
 
 SAMPLE_BYTES = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

@@ -22,9 +22,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from ddpinfer.atomic import atomic_dir, atomic_path, atomic_text
 from ddpinfer.errors import UserError
-from ddpinfer.parts import (
+from ddpinfer.plan import ids_path
+from ddpinfer.rundir.atomic import atomic_dir, atomic_path, atomic_text
+from ddpinfer.rundir.parts import (
     ERRORS_KEY,
     ID_ENCODING_KEY,
     KEPT_PREFIX,
@@ -38,7 +39,6 @@ from ddpinfer.parts import (
     read_part,
     unit_files,
 )
-from ddpinfer.plan import ids_path
 
 
 class MergeError(UserError):

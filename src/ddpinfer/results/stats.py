@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddpinfer.atomic import atomic_text
 from ddpinfer.memory_use import peak_rss_mb
+from ddpinfer.rundir.atomic import atomic_text
 
 
 def save_rank_stats(

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ddpinfer.atomic import atomic_path
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.parts import FRAGMENT_NAME, PART_NAME, parts_dir
+from ddpinfer.rundir.atomic import atomic_path
+from ddpinfer.rundir.parts import FRAGMENT_NAME, PART_NAME, parts_dir
 
 log = logging.getLogger(__name__)
 

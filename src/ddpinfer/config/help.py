@@ -1,8 +1,8 @@
 """``python launch/infer.py --help``: every key of the schema with its default, type and doc.
 
-The docs are the schema's own attribute docstrings (the string under each field in config.py),
-read from the source, so the help can never drift from the schema. The text becomes Hydra's
-``hydra/help`` template; Hydra adds the config groups.
+The docs are the schema's own attribute docstrings (the string under each field in schema.py
+and tasks.py), read from the source, so the help can never drift from the schema. The text
+becomes Hydra's ``hydra/help`` template; Hydra adds the config groups.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ddpinfer.atomic import atomic_path
 from ddpinfer.errors import UserError
+from ddpinfer.rundir.atomic import atomic_path
 
 PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
 FRAGMENT_NAME = re.compile(r"^unit-(\d{6,})\.f-([0-9a-f]+)\.arrow$")

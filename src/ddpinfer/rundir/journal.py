@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ddpinfer.parts import (
+from ddpinfer.rundir.parts import (
     ERRORS_KEY,
     combine_parts,
     fragment_path,

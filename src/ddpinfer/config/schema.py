@@ -1,4 +1,5 @@
-"""The configuration schema: the single source of truth for every key.
+"""The configuration schema's sections (model, data, output, run, fault, batch, log) and the checks
+they share. The task sections are in ``tasks.py``, the whole ``Config`` in ``compose.py``.
 
 YAML files under ``conf/`` only select values over these dataclasses; Hydra rejects a key that is
 not declared here, and ``__post_init__`` rejects a value that is declared but wrong.
@@ -6,16 +7,8 @@ not declared here, and ``__post_init__`` rejects a value that is declared but wr
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
-from omegaconf.errors import MissingMandatoryValue
-
-from ddpinfer.config_help import help_node
 from ddpinfer.errors import UserError
 
 
@@ -37,12 +30,12 @@ ENGINES = ("hf", "vllm")
 POOLINGS = ("mean", "cls")
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
-def _check_positive(key: str, value: int | float | None) -> None:
+def check_positive(key: str, value: int | float | None) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"{key}={value} must be positive")
 
@@ -74,10 +67,10 @@ class ModelConfig:
     leaving the rest for activations and the KV cache. Unset: 80% of each GPU's free memory."""
 
     def __post_init__(self) -> None:
-        _check_choice("model.dtype", self.dtype, DTYPES)
-        _check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
-        _check_positive("model.max_length", self.max_length)
-        _check_positive("model.gpus_per_replica", self.gpus_per_replica)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_positive("model.max_length", self.max_length)
+        check_positive("model.gpus_per_replica", self.gpus_per_replica)
 
 
 @dataclass(kw_only=True)
@@ -113,9 +106,9 @@ class DataConfig:
     every record is bad always stops."""
 
     def __post_init__(self) -> None:
-        _check_choice("data.format", self.format, INPUT_FORMATS)
-        _check_choice("data.on_error", self.on_error, ON_ERROR)
-        _check_positive("data.unit_size", self.unit_size)
+        check_choice("data.format", self.format, INPUT_FORMATS)
+        check_choice("data.on_error", self.on_error, ON_ERROR)
+        check_positive("data.unit_size", self.unit_size)
         if self.max_bad is not None and (
             self.max_bad < 0 or (self.max_bad >= 1 and self.max_bad != int(self.max_bad))
         ):
@@ -141,7 +134,7 @@ class OutputConfig:
     (npy: into <stem>.ids.jsonl). A record without one of them is a bad input."""
 
     def __post_init__(self) -> None:
-        _check_choice("output.format", self.format, OUTPUT_FORMATS)
+        check_choice("output.format", self.format, OUTPUT_FORMATS)
         keep = list(self.keep_fields or ())
         if "id" in keep or len(set(keep)) < len(keep) or not all(str(k).strip() for k in keep):
             raise ValueError(
@@ -150,7 +143,7 @@ class OutputConfig:
                 "records have one; data.id_field names another)"
             )
         self.shared_fs = str(self.shared_fs).lower()  # `output.shared_fs=true` arrives as a bool
-        _check_choice("output.shared_fs", self.shared_fs, SHARED_FS)
+        check_choice("output.shared_fs", self.shared_fs, SHARED_FS)
 
 
 @dataclass(kw_only=True)
@@ -175,9 +168,9 @@ class RunConfig:
     deadlock): the job stops, naming it. Unset: 10 x the slowest batch so far, at least 600."""
 
     def __post_init__(self) -> None:
-        _check_positive("run.timeout_s", self.timeout_s)
-        _check_positive("run.heartbeat_s", self.heartbeat_s)
-        _check_positive("run.stall_after_s", self.stall_after_s)
+        check_positive("run.timeout_s", self.timeout_s)
+        check_positive("run.heartbeat_s", self.heartbeat_s)
+        check_positive("run.stall_after_s", self.stall_after_s)
         if self.dead_after_s < 2 * self.heartbeat_s:
             raise ValueError(
                 f"run.dead_after_s={self.dead_after_s} must be at least twice "
@@ -213,7 +206,7 @@ class FaultConfig:
     """Only this rank sleeps fault.delay_s. Unset: every rank does."""
 
     def __post_init__(self) -> None:
-        _check_choice("fault.kind", self.kind, FAULT_KINDS)
+        check_choice("fault.kind", self.kind, FAULT_KINDS)
 
 
 @dataclass(kw_only=True)
@@ -237,9 +230,9 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         self.packing = str(self.packing).lower()  # `batch.packing=true` arrives as a bool
-        _check_choice("batch.packing", self.packing, PACKING)
-        _check_positive("batch.max_tokens", self.max_tokens)
-        _check_positive("batch.sort_rows", self.sort_rows)
+        check_choice("batch.packing", self.packing, PACKING)
+        check_positive("batch.max_tokens", self.max_tokens)
+        check_positive("batch.sort_rows", self.sort_rows)
 
 
 @dataclass(kw_only=True)
@@ -256,218 +249,5 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         self.level = str(self.level).upper()
-        _check_choice("log.level", self.level, LOG_LEVELS)
-        _check_positive("log.progress_every_s", self.progress_every_s)
-
-
-@dataclass(kw_only=True)
-class TaskConfig:
-    name: str = MISSING
-    """Which task runs; chosen with task=embed|classify|generate|image_text|custom."""
-
-
-@dataclass(kw_only=True)
-class EmbedTaskConfig(TaskConfig):
-    name: str = "embed"
-    pooling: str = "mean"
-    """mean (masked mean over tokens) | cls (the first token's hidden state)."""
-    normalize: bool = True
-    """L2-normalise each embedding."""
-
-    def __post_init__(self) -> None:
-        _check_choice("task.pooling", self.pooling, POOLINGS)
-
-
-@dataclass(kw_only=True)
-class ClassifyTaskConfig(TaskConfig):
-    name: str = "classify"
-    top_k: int | None = None
-    """Also record the k most likely labels with their scores."""
-
-    def __post_init__(self) -> None:
-        _check_positive("task.top_k", self.top_k)
-
-
-@dataclass(kw_only=True)
-class VllmConfig:
-    """The vLLM engine each rank runs with task.engine=vllm (on that rank's GPUs only)."""
-
-    gpu_memory_utilization: float = 0.9
-    """Share of each of the replica's GPUs the engine may take: weights, activations and its
-    KV cache."""
-    max_model_len: int | None = None
-    """Most tokens one request may hold, prompt and new tokens together; a longer prompt is a
-    failed input. Unset: the model's own limit. Lower it when the KV cache does not fit."""
-    kv_cache_gib: float = 4.0
-    """vLLM's CPU build: memory for each engine's KV cache, in GiB."""
-    max_num_seqs: int | None = None
-    """Requests each engine runs at once. Unset: vLLM's default."""
-    enforce_eager: bool | None = None
-    """Run without CUDA graphs (faster start-up, slower steps). Unset: on GPU no; on CPU yes."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """More vLLM EngineArgs, passed as they are, e.g. task.vllm.extra={model_impl:transformers}."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"task.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]"
-            )
-        _check_positive("task.vllm.max_model_len", self.max_model_len)
-        _check_positive("task.vllm.kv_cache_gib", self.kv_cache_gib)
-        _check_positive("task.vllm.max_num_seqs", self.max_num_seqs)
-
-
-@dataclass(kw_only=True)
-class GenerateTaskConfig(TaskConfig):
-    name: str = "generate"
-    engine: str = "hf"
-    """hf (transformers' generate over length-sorted batches) | vllm (one vLLM engine per rank,
-    continuous batching: pip install -e '.[vllm]')."""
-    vllm: VllmConfig = field(default_factory=VllmConfig)
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    """Greedy decoding unless true. Sampling is seeded per input, so results do not depend on
-    the world size or the batch an input lands in."""
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self) -> None:
-        _check_choice("task.engine", self.engine, ENGINES)
-        _check_positive("task.max_new_tokens", self.max_new_tokens)
-        sampling = {"task.temperature": self.temperature != 1.0, "task.top_k": self.top_k,
-                    "task.top_p": self.top_p}  # fmt: skip
-        if not self.do_sample and (given := [key for key, value in sampling.items() if value]):
-            raise ValueError(
-                f"{given[0]} applies to sampling only, and decoding is greedy: set "
-                "task.do_sample=true to sample, or leave it out"
-            )
-        _check_positive("task.temperature", self.temperature)
-        _check_positive("task.top_k", self.top_k)
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"task.top_p={self.top_p} must be in (0, 1]")
-
-
-@dataclass(kw_only=True)
-class ImageTextTaskConfig(GenerateTaskConfig):
-    """Generation from image(s) and a prompt; the decoding keys are generate's."""
-
-    name: str = "image_text"
-    chat_template: bool = True
-    """Pass each prompt through the processor's chat template as one user turn (the image(s),
-    then the text) with the generation prompt. false: the text goes in as is, and must hold the
-    model's image placeholders itself."""
-
-
-@dataclass(kw_only=True)
-class CustomTaskConfig(TaskConfig):
-    """Your own class (see README, "Your own task"). Extra keys are passed through to it:
-    `+task.my_key=value` arrives as cfg.task.my_key."""
-
-    name: str = "custom"
-    target: str = MISSING
-    """The class to run, as package.module:ClassName (importable from the working directory or
-    PYTHONPATH) or path/to/file.py:ClassName."""
-
-    def __post_init__(self) -> None:
-        module, _, name = self.target.partition(":")
-        if not module or not name.isidentifier():
-            raise ValueError(
-                f"task.target={self.target!r} must look like package.module:ClassName or "
-                "path/to/file.py:ClassName"
-            )
-
-
-@dataclass(kw_only=True)
-class Config:
-    task: Any = MISSING
-    """One of the TaskConfig subclasses, selected through the config group `task`."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    fault: FaultConfig = field(default_factory=FaultConfig)
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    batch_size: int = 256
-    """At most this many inputs per forward pass (batch.max_tokens usually binds first)."""
-    device: str = "auto"
-    """auto (cuda:{local_rank} when CUDA is available, else cpu) | cpu | cuda."""
-    cpu_threads: int | None = None
-    """Torch threads per process on CPU. Unset: the node's cores divided by its processes."""
-    seed: int = 0
-    """Seed for sampling; each input draws from its own stream derived from this and its row."""
-
-    def __post_init__(self) -> None:
-        _check_positive("batch_size", self.batch_size)
-        _check_choice("device", self.device, DEVICES)
-        _check_positive("cpu_threads", self.cpu_threads)
-
-
-TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
-    "embed": EmbedTaskConfig,
-    "classify": ClassifyTaskConfig,
-    "generate": GenerateTaskConfig,
-    "image_text": ImageTextTaskConfig,
-    "custom": CustomTaskConfig,
-}
-
-
-def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore; conf/config.yaml and conf/task/*.yaml build on it."""
-    store = ConfigStore.instance()
-    store.store(name="ddpinfer_schema", node=Config)
-    for name, schema in TASK_SCHEMAS.items():  # not in the group `task`: its choices are conf/task/
-        store.store(group="task_schema", name=name, node=schema)
-    store.store(group="hydra/help", name="ddpinfer", node=help_node(Config, TASK_SCHEMAS))
-
-
-def to_config(cfg: DictConfig) -> Config:
-    """Turn Hydra's composed config into validated dataclasses (running ``__post_init__``)."""
-    if "hydra" in cfg:  # present when composed with return_hydra_config; not part of the schema
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
-    try:
-        config = OmegaConf.to_object(cfg)
-    except ValueError as e:  # raised by a schema's __post_init__, naming the key and value
-        raise ConfigError(str(e)) from None
-    except MissingMandatoryValue as e:
-        raise ConfigError(
-            f"{e.full_key} is required. HINT: set it on the command line: {e.full_key}=..."
-        ) from None
-    if not isinstance(config, Config):
-        raise TypeError(f"expected the composed config to be a Config, got {type(config).__name__}")
-    if not isinstance(config.task, TaskConfig):
-        raise ConfigError(f"task must be chosen: task={'|'.join(TASK_SCHEMAS)}")
-    _refuse_extra_keys(config, "")
-    return config
-
-
-def _refuse_extra_keys(node: Any, prefix: str) -> None:
-    """Keys added with ``+key=value`` that the schema does not declare: only a custom task may
-    have them (its own settings); anywhere else they are typos, refused like any other."""
-    if not dataclasses.is_dataclass(node):
-        return
-    declared = [f.name for f in dataclasses.fields(node)]
-    extra = [k for k in vars(node) if k not in declared]
-    if extra and not isinstance(node, CustomTaskConfig):
-        raise ConfigError(_extra_key_message(node, prefix, extra[0], declared))
-    for name in declared:
-        _refuse_extra_keys(getattr(node, name), f"{prefix}{name}.")
-
-
-def _extra_key_message(node: Any, prefix: str, extra: str, declared: list[str]) -> str:
-    keys = [k for k in declared if k != "name"]
-    close = difflib.get_close_matches(extra, keys, n=1)
-    hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(keys)}"
-    where = prefix.rstrip(".") or "the config"
-    if isinstance(node, TaskConfig):
-        where = f"task={node.name}"
-        owners = [n for n, s in TASK_SCHEMAS.items() if extra in s.__dataclass_fields__]
-        if owners:
-            hint = f"{prefix}{extra} is a key of task={', '.join(owners)}"
-    return (
-        f"+{prefix}{extra} is not a key of {where}, so it would be ignored. HINT: {hint} (only "
-        "task=custom takes keys of its own)"
-    )
+        check_choice("log.level", self.level, LOG_LEVELS)
+        check_positive("log.progress_every_s", self.progress_every_s)

@@ -1,0 +1,133 @@
+"""The task sections of the schema: one dataclass per task (`task=embed|classify|...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from ddpinfer.config.schema import (
+    ENGINES,
+    POOLINGS,
+    check_choice,
+    check_positive,
+)
+
+
+@dataclass(kw_only=True)
+class TaskConfig:
+    name: str = MISSING
+    """Which task runs; chosen with task=embed|classify|generate|image_text|custom."""
+
+
+@dataclass(kw_only=True)
+class EmbedTaskConfig(TaskConfig):
+    name: str = "embed"
+    pooling: str = "mean"
+    """mean (masked mean over tokens) | cls (the first token's hidden state)."""
+    normalize: bool = True
+    """L2-normalise each embedding."""
+
+    def __post_init__(self) -> None:
+        check_choice("task.pooling", self.pooling, POOLINGS)
+
+
+@dataclass(kw_only=True)
+class ClassifyTaskConfig(TaskConfig):
+    name: str = "classify"
+    top_k: int | None = None
+    """Also record the k most likely labels with their scores."""
+
+    def __post_init__(self) -> None:
+        check_positive("task.top_k", self.top_k)
+
+
+@dataclass(kw_only=True)
+class VllmConfig:
+    """The vLLM engine each rank runs with task.engine=vllm (on that rank's GPUs only)."""
+
+    gpu_memory_utilization: float = 0.9
+    """Share of each of the replica's GPUs the engine may take: weights, activations and its
+    KV cache."""
+    max_model_len: int | None = None
+    """Most tokens one request may hold, prompt and new tokens together; a longer prompt is a
+    failed input. Unset: the model's own limit. Lower it when the KV cache does not fit."""
+    kv_cache_gib: float = 4.0
+    """vLLM's CPU build: memory for each engine's KV cache, in GiB."""
+    max_num_seqs: int | None = None
+    """Requests each engine runs at once. Unset: vLLM's default."""
+    enforce_eager: bool | None = None
+    """Run without CUDA graphs (faster start-up, slower steps). Unset: on GPU no; on CPU yes."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More vLLM EngineArgs, passed as they are, e.g. task.vllm.extra={model_impl:transformers}."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"task.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]"
+            )
+        check_positive("task.vllm.max_model_len", self.max_model_len)
+        check_positive("task.vllm.kv_cache_gib", self.kv_cache_gib)
+        check_positive("task.vllm.max_num_seqs", self.max_num_seqs)
+
+
+@dataclass(kw_only=True)
+class GenerateTaskConfig(TaskConfig):
+    name: str = "generate"
+    engine: str = "hf"
+    """hf (transformers' generate over length-sorted batches) | vllm (one vLLM engine per rank,
+    continuous batching: pip install -e '.[vllm]')."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    """Greedy decoding unless true. Sampling is seeded per input, so results do not depend on
+    the world size or the batch an input lands in."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("task.engine", self.engine, ENGINES)
+        check_positive("task.max_new_tokens", self.max_new_tokens)
+        sampling = {"task.temperature": self.temperature != 1.0, "task.top_k": self.top_k,
+                    "task.top_p": self.top_p}  # fmt: skip
+        if not self.do_sample and (given := [key for key, value in sampling.items() if value]):
+            raise ValueError(
+                f"{given[0]} applies to sampling only, and decoding is greedy: set "
+                "task.do_sample=true to sample, or leave it out"
+            )
+        check_positive("task.temperature", self.temperature)
+        check_positive("task.top_k", self.top_k)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"task.top_p={self.top_p} must be in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class ImageTextTaskConfig(GenerateTaskConfig):
+    """Generation from image(s) and a prompt; the decoding keys are generate's."""
+
+    name: str = "image_text"
+    chat_template: bool = True
+    """Pass each prompt through the processor's chat template as one user turn (the image(s),
+    then the text) with the generation prompt. false: the text goes in as is, and must hold the
+    model's image placeholders itself."""
+
+
+@dataclass(kw_only=True)
+class CustomTaskConfig(TaskConfig):
+    """Your own class (see README, "Your own task"). Extra keys are passed through to it:
+    `+task.my_key=value` arrives as cfg.task.my_key."""
+
+    name: str = "custom"
+    target: str = MISSING
+    """The class to run, as package.module:ClassName (importable from the working directory or
+    PYTHONPATH) or path/to/file.py:ClassName."""
+
+    def __post_init__(self) -> None:
+        module, _, name = self.target.partition(":")
+        if not module or not name.isidentifier():
+            raise ValueError(
+                f"task.target={self.target!r} must look like package.module:ClassName or "
+                "path/to/file.py:ClassName"
+            )
