@@ -16,6 +16,7 @@ from ddpinfer.config import ConfigError, register_configs, to_config
 from ddpinfer.errors import UserError
 from ddpinfer.inputs.readers import InputError, open_spec, read_rows
 from ddpinfer.inputs.scan import scan
+from ddpinfer.launch.sweeps import names_its_point, per_job, written_names
 from ddpinfer.results.progress import Snapshot, _Bar, progress_line
 
 register_configs()
@@ -155,8 +156,38 @@ def test_the_bar_shows_one_rate_and_its_own_eta(monkeypatch):
     assert "input/s" not in shown and "slowest" not in shown  # no second rate from tqdm
 
 
+def sweep_point(overrides: list[str], swept: set[str], values: dict[str, str]):
+    """The config one point of ``-m`` runs with: ``overrides`` are the point's own values, as
+    Hydra composes them for the job."""
+    cfg = composed("task=classify", "model.path=m", *overrides)
+    own = frozenset(k for k, raw in written_names(cfg).items() if names_its_point(raw, swept))
+    return per_job(to_config(cfg), swept, values, own)
+
+
+def test_a_sweep_keeps_a_path_that_names_its_point_and_tags_a_fixed_one():
+    point = ({"task.top_k"}, {"task.top_k": "2"})
+    config, tag = sweep_point(["task.top_k=2", "output.path=k_${task.top_k}.jsonl"], *point)
+    assert (config.output.path, config.run.name, tag) == ("k_2.jsonl", None, None)
+    assert names_its_point("k-${hydra:job.num}.jsonl", set())  # Hydra's job number
+    config, _ = sweep_point(["task.top_k=2", "run.name=k${task.top_k}"], *point)
+    assert (config.output.path, config.run.name) == (None, "k2")
+    config, tag = sweep_point(["task.top_k=2", "output.path=out/k.jsonl"], *point)
+    assert (config.output.path, config.run.name, tag) == ("out/k.task.top_k=2.jsonl", None, tag)
+    config, _ = sweep_point(["task.top_k=2", "output.path=k.jsonl", "run.name=job"], *point)
+    assert (config.output.path, config.run.name) == ("k.task.top_k=2.jsonl", "job.task.top_k=2")
+    # a path that interpolates a key the sweep does not vary is the same for every point
+    config, _ = sweep_point(["task.top_k=2", "output.path=${task.name}.jsonl"], *point)
+    assert config.output.path == "classify.task.top_k=2.jsonl"
+
+
 @pytest.mark.slow
-def test_python_m_ddpinfer_runs_a_sweep_with_one_output_per_point(tmp_path, bert_classifier):
+@pytest.mark.parametrize(
+    "output, written",
+    [("k.jsonl", "k.task.top_k={k}.jsonl"), ("k_${task.top_k}.jsonl", "k_{k}.jsonl")],
+)
+def test_python_m_ddpinfer_runs_a_sweep_with_one_output_per_point(
+    tmp_path, bert_classifier, output, written
+):
     import subprocess
 
     data = write_jsonl(tmp_path / "in.jsonl", TEXTS[:4])
@@ -170,16 +201,18 @@ def test_python_m_ddpinfer_runs_a_sweep_with_one_output_per_point(tmp_path, bert
         f"model.path={bert_classifier}",
         f"data.path={data}",
         "data.id_field=uid",
-        "output.path=k.jsonl",
+        f"output.path={output}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
     result = subprocess.run(
-        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
     )
     check(result)
-    assert "sweep point task.top_k=2: k.task.top_k=2.jsonl" in result.stderr
+    tagged = f"sweep point task.top_k=2: {written.format(k=2)}" in result.stderr
+    assert tagged == (output == "k.jsonl")  # a path that names its point is kept, unannounced
+    assert sorted(p.name for p in tmp_path.glob("k*.jsonl")) == [written.format(k=k) for k in (1, 2)]
     for k in (1, 2):
-        rows = read_jsonl(tmp_path / f"k.task.top_k={k}.jsonl")
+        rows = read_jsonl(tmp_path / written.format(k=k))
         assert len(rows) == 4 and all(len(r["top_k"]) == k for r in rows)
     assert len(list((tmp_path / "runs").iterdir())) == 2  # a run directory per point
 

@@ -280,7 +280,7 @@ def main(cfg: DictConfig) -> None:
     try:
         config = to_config(cfg)
         if in_hydra_sweep():
-            config, tag = sweep_job(config)
+            config, tag = sweep_job(config, cfg)
             if tag and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
                 where = config.output.path or f"run.name={config.run.name}"
                 print(f"ddpinfer: sweep point {tag}: {where}", file=sys.stderr, flush=True)

@@ -4,11 +4,13 @@
 one command line; left as they are, both would use the run directory and output of
 ``k.jsonl``, and the second would be refused as "a different run". So, when a sweep varies
 anything but the output's name, each job's output (or, without one, its run name) takes the
-values it sweeps: ``k.task.top_k=1.jsonl`` and ``k.task.top_k=2.jsonl``. A sweep over
-``output.path`` (or ``run.name``, ``run.dir``) names its outputs itself and is left alone. Only
-the process that parsed the command line knows what it sweeps (Hydra's basic launcher runs the
-jobs there); a launcher plugin that runs jobs elsewhere (submitit) needs per-job names in the
-command: ``output.path=k-${hydra:job.num}.jsonl``.
+values it sweeps: ``k.task.top_k=1.jsonl`` and ``k.task.top_k=2.jsonl``. A name that
+already differs per point is kept exactly as given: a sweep over ``output.path`` (or
+``run.name``, ``run.dir``), or an ``output.path`` / ``run.name`` that interpolates a swept key or
+the job (``output.path=k_${task.top_k}.jsonl``, ``k-${hydra:job.num}.jsonl``). Only the process
+that parsed the command line knows what it sweeps (Hydra's basic launcher runs the jobs there);
+a launcher plugin that runs jobs elsewhere (submitit) needs per-job names in the command:
+``output.path=k-${hydra:job.num}.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ddpinfer.config import Config
 from ddpinfer.launch.run_dir import derived_run_name
 
 OWN_NAMES = {"output.path", "run.name", "run.dir"}
+PER_JOB = {"hydra:job.num", "hydra:job.id", "hydra:job.override_dirname"}
+"""Hydra's values that differ from one job of a sweep to the next."""
 
 
 def swept_keys(argv: list[str]) -> set[str]:
@@ -48,28 +52,56 @@ def job_values(swept: set[str]) -> dict[str, str]:
     return values
 
 
-def per_job(config: Config, swept: set[str], values: dict[str, str]) -> tuple[Config, str | None]:
+def names_its_point(raw: str | None, swept: set[str]) -> bool:
+    """Does ``raw`` (a value as written, before interpolation) interpolate a swept key or one of
+    Hydra's per-job values, so that it already differs from one sweep point to the next?"""
+    refs = re.findall(r"\$\{\s*([^}]*?)\s*\}", raw or "")
+    return any(ref in swept or ref in PER_JOB for ref in refs)
+
+
+def _tagged(path: str, tag: str) -> str:
+    named = Path(path)
+    if named.suffix:
+        return str(named.with_name(f"{named.stem}.{tag}{named.suffix}"))
+    return str(named.with_name(f"{named.name}.{tag}"))
+
+
+def per_job(
+    config: Config, swept: set[str], values: dict[str, str], own: frozenset[str] = frozenset()
+) -> tuple[Config, str | None]:
     """``config`` with this job's own output (or run name), and the tag that names it; as it
-    is (tag None) when nothing is swept or the sweep names its own outputs."""
+    is (tag None) when nothing is swept, the sweep names its own outputs, or the names in
+    ``own`` (``output.path``, ``run.name``: they interpolate the point) already differ."""
     if not swept or swept & OWN_NAMES or not values:
         return config, None
     tag = re.sub(r"[^A-Za-z0-9_.=,+-]+", "-", ",".join(f"{k}={values[k]}" for k in sorted(values)))
-    if config.output.path:
-        path = Path(config.output.path)
-        named = (
-            path.with_name(f"{path.stem}.{tag}{path.suffix}")
-            if path.suffix
-            else path.with_name(f"{path.name}.{tag}")
-        )
-        output = dataclasses.replace(config.output, path=str(named))
-        return dataclasses.replace(config, output=output), tag
-    run = dataclasses.replace(
-        config.run, name=f"{config.run.name or derived_run_name(config)}.{tag}"
-    )
-    return dataclasses.replace(config, run=run), tag
+    output, run = config.output, config.run
+    if output.path and "output.path" not in own:
+        output = dataclasses.replace(output, path=_tagged(output.path, tag))
+    if run.name and "run.name" not in own:
+        run = dataclasses.replace(run, name=f"{run.name}.{tag}")
+    elif not run.name and not output.path:
+        run = dataclasses.replace(run, name=f"{derived_run_name(config)}.{tag}")
+    if output is config.output and run is config.run:
+        return config, None
+    return dataclasses.replace(config, output=output, run=run), tag
 
 
-def sweep_job(config: Config) -> tuple[Config, str | None]:
-    """Under ``-m``: this job's config with names of its own (see the module's doc)."""
+def written_names(cfg) -> dict[str, str | None]:
+    """``output.path`` and ``run.name`` as written in Hydra's composed config ``cfg``, before
+    interpolation (the typed config holds them resolved)."""
+    from omegaconf import OmegaConf
+
+    if cfg is None:
+        return {}
+    output = OmegaConf.to_container(cfg.output, resolve=False)
+    run = OmegaConf.to_container(cfg.run, resolve=False)
+    return {"output.path": output.get("path"), "run.name": run.get("name")}
+
+
+def sweep_job(config: Config, cfg=None) -> tuple[Config, str | None]:
+    """Under ``-m``: this job's config with names of its own (see the module's doc); ``cfg`` is
+    Hydra's composed config, where the names are read as written."""
     swept = swept_keys(sys.argv[1:])
-    return per_job(config, swept, job_values(swept) if swept else {})
+    own = frozenset(k for k, raw in written_names(cfg).items() if names_its_point(raw, swept))
+    return per_job(config, swept, job_values(swept) if swept else {}, own)
