@@ -210,7 +210,8 @@ def test_python_m_ddpinfer_runs_a_sweep_with_one_output_per_point(
     check(result)
     tagged = f"sweep point task.top_k=2: {written.format(k=2)}" in result.stderr
     assert tagged == (output == "k.jsonl")  # a path that names its point is kept, unannounced
-    assert sorted(p.name for p in tmp_path.glob("k*.jsonl")) == [written.format(k=k) for k in (1, 2)]
+    outputs = [written.format(k=k) for k in (1, 2)]
+    assert sorted(p.name for p in tmp_path.glob("k*.jsonl")) == outputs
     for k in (1, 2):
         rows = read_jsonl(tmp_path / written.format(k=k))
         assert len(rows) == 4 and all(len(r["top_k"]) == k for r in rows)
