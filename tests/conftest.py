@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import os
 import sys
+
+# Tests never download: the hub is off for this process and every process it starts, set before
+# huggingface_hub is imported (it reads the variable once). The product must not need it
+# (tests/test_first_use.py checks a mistyped folder with downloads on).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest

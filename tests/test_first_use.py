@@ -6,6 +6,7 @@ import io
 import json
 import re
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -121,6 +122,27 @@ def test_a_refused_run_leaves_no_run_directory_and_a_run_names_its_command(
     run_in_process([f"model.path={bert_embedder}", f"data.path={data}"], tmp_path)
     (run_dir,) = runs.iterdir()
     assert f"command: launch/infer.py data.path={data}" in (run_dir / "logs/rank0.log").read_text()
+
+
+def test_a_model_path_that_looks_like_a_folder_is_missing_before_any_download(
+    tmp_path, monkeypatch
+):
+    import socket
+
+    from huggingface_hub import constants
+
+    from ddpinfer.plan.task_needs import ModelPathError, check_model_path
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as typed, with no variable set
+    asked = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: asked.append(host))
+    monkeypatch.chdir(tmp_path)
+    for path in ("models/my-classifier", "./my-classifier", "~/no-such-model-28", "../m"):
+        folder = re.escape(str(Path(path).expanduser().absolute()))
+        with pytest.raises(ModelPathError, match=rf"model.path={re.escape(path)}: no such "
+                           rf"directory \({folder}\)"):  # fmt: skip
+            check_model_path(path)
+    assert asked == []
 
 
 def test_sampling_settings_without_sampling_are_refused():

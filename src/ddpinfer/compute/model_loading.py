@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,12 +26,17 @@ def torch_dtype(name: str, device: torch.device) -> Any:
     return DTYPES[name]
 
 
+def local_only(path: str) -> dict[str, Any]:
+    """``local_files_only=True`` for a folder on disk: loading it never asks the hub anything."""
+    return {"local_files_only": True} if Path(path).expanduser().is_dir() else {}
+
+
 def load_tokenizer(cfg: ModelConfig, path: str, **kwargs: Any):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(
-            path, trust_remote_code=cfg.trust_remote_code, **kwargs
+            path, trust_remote_code=cfg.trust_remote_code, **local_only(path), **kwargs
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model.path={path}: cannot load the tokenizer: {e}{_hint(e)}") from e
@@ -41,7 +47,9 @@ def load_processor(cfg: ModelConfig, path: str):
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code, **local_only(path)
+        )
     except (OSError, ValueError, ImportError) as e:
         raise ModelLoadError(f"model.path={path}: cannot load the processor: {e}{_hint(e)}") from e
     tokenizer = getattr(processor, "tokenizer", None)
@@ -59,7 +67,7 @@ def load_processor(cfg: ModelConfig, path: str):
 def load_model(auto_class: Any, cfg: ModelConfig, path: str, device: torch.device):
     """The whole model on ``device`` (never device_map="auto": one model, one GPU, per process),
     or with model.gpus_per_replica=k, spread over the k GPUs starting at ``device``."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = local_only(path)
     if cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = cfg.attn_implementation
     dtype = torch_dtype(cfg.dtype, device)

@@ -49,16 +49,24 @@ def check_engine(cfg: Config) -> None:
         )
 
 
+def looks_like_a_path(path: str) -> bool:
+    """A model.path written as a folder: with a separator, or starting with ``.`` or ``~``
+    (``org/name`` hub ids too; those are found in the local cache)."""
+    return "/" in path or os.sep in path or path.startswith((".", "~"))
+
+
 def check_model_path(path: str) -> None:
-    """A path-like model.path must exist; anything else is a hub id, which must be in the local
-    cache when downloads are off (else it is a local path mistyped, most likely)."""
+    """A path-like model.path must be a folder, or a hub id in the local cache; anything else
+    is a hub id, which must be in the local cache when downloads are off. Checked before
+    anything could try the network: a mistyped folder is reported as one, not as a failed
+    download."""
     if path.startswith("custom:") or Path(path).expanduser().is_dir():
         return
-    looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
-    if looks_local:
+    if (looks_like_a_path(path) or Path(path).exists()) and not _in_hub_cache(path):
         raise ModelPathError(
-            f"model.path={path}: no such directory. HINT: point model.path at a folder made by "
-            "save_pretrained (it holds config.json)."
+            f"model.path={path}: no such directory ({Path(path).expanduser().absolute()}). "
+            "HINT: point model.path at a folder made by save_pretrained (it holds "
+            "config.json), or at a hub id already in the Hugging Face cache."
         )
     if _downloads_off() and not _in_hub_cache(path):
         raise ModelPathError(
