@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -47,17 +48,17 @@ def stop_all(procs) -> None:
 def test_a_second_job_on_the_same_directory_stops_at_once(job):
     tmp_path, args = job
     # 12 batches of 2 s in windows of one unit: its first part comes after 4 s, 20 s before the
-    # end (with windows of several units, sorted across them, a first part could come as late as
-    # 6 s before the end, less than a second job may take to start on a busy machine)
-    first = start(
-        [sys.executable, str(LAUNCHER), *args, "fault.delay_s=2", "batch.sort_rows=4"],
-        tmp_path,
-        tmp_path / "first.log",
-    )
+    # end; from there it holds (fault.hold_file) until the second job was refused, however long
+    # that job takes to start on a busy machine
+    hold = tmp_path / "hold"
+    slow = ["fault.delay_s=2", "batch.sort_rows=4", f"fault.hold_file={hold}"]
+    first = start([sys.executable, str(LAUNCHER), *args, *slow], tmp_path, tmp_path / "first.log")
     try:
-        wait_for(lambda: len(job_parts(tmp_path)) >= 1)
+        wait_for(lambda: len(job_parts(tmp_path)) >= 1, timeout=300)
+        hold.touch()
+        wait_for(held_at_batch(tmp_path / "runs" / "job" / "logs" / "rank0.log"), timeout=300)
         # The same command again, even with run.fresh=true: refused before touching anything.
-        second = launch([*args, "run.fresh=true"], cwd=tmp_path, timeout=60)
+        second = launch([*args, "run.fresh=true"], cwd=tmp_path, timeout=300)
         assert second.returncode == 2, second.stderr
         assert f"is in use by pid {first.pid} on " in second.stderr
         assert job_parts(tmp_path)  # the first job's parts are still there
@@ -78,10 +79,18 @@ def static_torchrun(args: list[str], port: int) -> list[str]:
     return torchrun_cmd(args, 1, *static)
 
 
+def held_at_batch(log: Path, rank: int = 0):
+    """A predicate: ``log`` says ``rank`` holds (fault.hold_file) before one of its batches."""
+    said = f"fault.hold_file: rank {rank} holds before its batch"
+    return lambda: log.is_file() and said in log.read_text()
+
+
 def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_stops_at_once(job):
     tmp_path, args = job
+    hold = tmp_path / "hold"  # the first job runs until the other two were refused
+    hold.touch()
     first = subprocess.Popen(
-        static_torchrun([*args, "fault.delay_s=2", "batch.sort_rows=4"], free_port()),
+        static_torchrun([*args, f"fault.hold_file={hold}"], free_port()),
         cwd=tmp_path,
         env=subprocess_env(),
         stdout=open(tmp_path / "first.log", "w"),
@@ -89,7 +98,7 @@ def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_s
         start_new_session=True,
     )
     try:
-        wait_for(lambda: len(job_parts(tmp_path)) >= 1)
+        wait_for(held_at_batch(tmp_path / "runs" / "job" / "logs" / "rank0.log"), timeout=300)
         # the same command with another --master_port: the same run id "none", another job
         second = launch_cmd(static_torchrun(args, free_port()), tmp_path)
         assert "error: run directory runs/job is in use by pid" in second.stderr, second.stderr
@@ -104,7 +113,8 @@ def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_s
         taken = {**json.loads(lock.read_text()), "token": "another-job", "job": "later"}
         lock.write_text(json.dumps(taken))
         held = set(job_parts(tmp_path))
-        assert first.wait(timeout=60) != 0
+        hold.unlink()
+        assert first.wait(timeout=120) != 0
         log = (tmp_path / "first.log").read_text()
         assert "was taken over by job later" in log and "writes nothing more" in log, log
         assert set(job_parts(tmp_path)) <= held  # not one more part after it was taken
@@ -116,7 +126,7 @@ def test_jobs_that_share_a_run_id_or_a_host_never_share_a_lock_and_a_lost_lock_s
 
 def launch_cmd(cmd: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=120
+        cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
 
 

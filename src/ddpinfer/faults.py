@@ -4,6 +4,7 @@ or make batches run out of memory, through the real entry point and real process
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,8 @@ import time
 import torch
 
 from ddpinfer.config import FaultConfig
+
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -37,7 +40,7 @@ def for_attempt(fault: FaultConfig, attempt: int) -> FaultConfig:
     when unset), so the resumed run of a test that was slowed down to be stopped runs at speed."""
     if fault.attempt is None or fault.attempt == attempt:
         return fault
-    return dataclasses.replace(fault, delay_s=0.0)
+    return dataclasses.replace(fault, delay_s=0.0, hold_file=None)
 
 
 def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
@@ -59,6 +62,8 @@ def _fail(kind: str, rank: int, where: str) -> None:
 def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_done: int = 0) -> None:
     if fault.delay_s and fault.slow_rank in (None, rank):
         time.sleep(fault.delay_s)
+    if fault.hold_file and fault.slow_rank in (None, rank):
+        _hold(fault.hold_file, rank, batches_done)
     if fault.cuda_error_at_batch == batches_done and fault.rank in (None, rank):
         raise RuntimeError(
             f"CUDA error: an illegal memory access was encountered (injected before batch "
@@ -68,3 +73,14 @@ def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_don
         raise torch.OutOfMemoryError(
             f"injected: a batch of {batch_size} is over fault.oom_above={fault.oom_above}"
         )
+
+
+def _hold(path: str, rank: int, batches_done: int) -> None:
+    """Wait while ``path`` exists (``fault.hold_file``): an event a test controls, where a fixed
+    delay would race the machine's speed."""
+    if not os.path.exists(path):
+        return
+    log.info("fault.hold_file: rank %d holds before its batch %d while %s exists", rank,
+             batches_done, path)  # fmt: skip
+    while os.path.exists(path):
+        time.sleep(0.05)

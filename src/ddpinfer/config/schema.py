@@ -203,7 +203,11 @@ class FaultConfig:
     """Sleep this long before each batch (to make a run slow enough to stop, or one rank slow),
     on fault.attempt's attempt."""
     slow_rank: int | None = None
-    """Only this rank sleeps fault.delay_s. Unset: every rank does."""
+    """Only this rank sleeps fault.delay_s (and waits for fault.hold_file). Unset: every rank."""
+    hold_file: str | None = None
+    """While this file exists, each batch waits before it starts (on fault.attempt's attempt):
+    a test holds a run where it wants it, lock and heartbeats alive, and lets it go by deleting
+    the file. Each rank logs once that it holds ("rank R holds before its batch B")."""
 
     def __post_init__(self) -> None:
         check_choice("fault.kind", self.kind, FAULT_KINDS)
