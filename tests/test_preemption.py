@@ -115,12 +115,47 @@ def test_a_stop_mid_window_keeps_every_finished_batch(tmp_path, bert_embedder, s
     assert_fresh_output(tmp_path, args, "embedding")
 
 
+def _written_rows(tmp_path) -> int:
+    """Inputs whose results are on disk: in a journal or a part (-1 while one changes)."""
+    from ddpinfer.errors import UserError
+    from ddpinfer.rundir.journal import journals, read_journal
+    from ddpinfer.rundir.parts import read_part
+
+    run_dir = tmp_path / "runs" / "job"
+    rows: set[int] = set()
+    try:
+        for path in journals(run_dir):
+            for table in read_journal(path):
+                rows.update(table.column("row").to_pylist())
+        for path in (run_dir / "parts").glob("unit-*.arrow"):
+            rows.update(read_part(path)[0].column("row").to_pylist())
+    except (OSError, UserError):
+        return -1
+    return len(rows)
+
+
 def test_kill_9_of_a_worker_mid_window_loses_at_most_its_batch_in_flight(tmp_path, bert_embedder):
+    """Both ranks are held (fault.hold_file) once a third of the inputs is done, until every
+    batch they logged as done is written: the kill then comes mid-window at a known point, not
+    wherever a busy machine's writer thread happened to be."""
     args = job(tmp_path, bert_embedder)
-    procs = start_ranks([*args, *FAST_LIVENESS, "fault.delay_s=0.3"], 2, tmp_path)
-    wait_for(lambda: _logged_rows(tmp_path) >= N // 3, timeout=180)
-    procs[1].send_signal(signal.SIGKILL)
-    codes = wait_all(procs, timeout=120)
+    hold = tmp_path / "hold"
+    procs = start_ranks(
+        [*args, *FAST_LIVENESS, "fault.delay_s=0.3", f"fault.hold_file={hold}"], 2, tmp_path
+    )
+    logs = [tmp_path / "runs" / "job" / "logs" / f"rank{r}.log" for r in (0, 1)]
+    try:
+        wait_for(lambda: _logged_rows(tmp_path) >= N // 3, timeout=300)
+        hold.touch()
+        wait_for(lambda: all("fault.hold_file: rank" in log.read_text() for log in logs), 300)
+        wait_for(lambda: _written_rows(tmp_path) == _logged_rows(tmp_path), timeout=120)
+        procs[1].send_signal(signal.SIGKILL)
+        hold.unlink()
+        codes = wait_all(procs, timeout=300)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     assert codes[1] == -signal.SIGKILL and codes[0] == 3, codes
     done = computed_before_the_stop(tmp_path, 2)
     assert done < N

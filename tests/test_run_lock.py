@@ -51,10 +51,11 @@ def test_a_second_job_is_refused_naming_the_first(tmp_path):
 
 
 def test_the_heartbeat_keeps_the_lock_fresh(tmp_path):
-    held = lock(tmp_path, stale_after_s=0.5).acquire()
-    time.sleep(1.0)
+    # heartbeats every 0.1 s: stale after 2 s is 20 missed beats, a margin for a busy machine
+    held = lock(tmp_path, stale_after_s=2.0).acquire()
+    time.sleep(2.5)
     with pytest.raises(RunDirLocked):  # older than stale_after_s, but renewed meanwhile
-        lock(tmp_path, job="other", host="other-host", stale_after_s=0.5).acquire()
+        lock(tmp_path, job="other", host="other-host", stale_after_s=2.0).acquire()
     held.release()
 
 
@@ -108,7 +109,7 @@ def test_a_job_whose_lock_is_taken_over_stops_and_its_fence_refuses_writes(tmp_p
     write_lock(tmp_path, token="someone-else", job="job-9")  # taken over while this job froze
     with pytest.raises(LostRunLock, match="taken over by job job-9"):
         fence.check()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 120  # the next heartbeat notices; a busy machine's is late
     while held.lost is None and time.monotonic() < deadline:
         time.sleep(0.05)
     with pytest.raises(LostRunLock, match="writes nothing more"):
