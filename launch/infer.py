@@ -15,13 +15,16 @@ from omegaconf import DictConfig
 
 from ddpinfer.config import register_configs
 from ddpinfer.launch.stopping import config_errors_exit_2
-from ddpinfer.runner import main as run_main
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    # imported once a config is composed: --help, --cfg and a mistyped key answer without
+    # loading the model code (transformers), seconds sooner
+    from ddpinfer.runner import main as run_main
+
     run_main(cfg)
 
 
