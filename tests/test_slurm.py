@@ -187,23 +187,26 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
         "batch_size=1",
         "log.level=DEBUG",
         "fault.delay_s=1",  # one window of 6 batches per rank: stopped in the middle of it
+        f"fault.hold_file={work}/hold",
     ]
     job = subprocess.run(
-        cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=60
+        cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=300
     ).stdout.strip()
 
     def job_field(name: str) -> str:
         return job_fields(slurm_env, job)[name]
 
     wait_until(lambda: sum(attempt_rows(work, 0)) >= 4)
+    hold_mid_window(work)  # however slowly the signal comes through on a busy machine
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
+    (work / "hold").unlink()
     wait_until(lambda: job_field("Restarts") == "1")
     # A requeued job waits for a begin time SLURM sets; the test skips that wait, once the old
     # run is cleaned up on both nodes (else slurmd refuses the job: "credential revoked").
     wait_until(lambda: job_field("JobState") == "PENDING" and nodes_idle(slurm_env))
     time.sleep(1)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
-    wait_until(lambda: job_field("JobState") in ("COMPLETED", "FAILED"), timeout=300)
+    wait_until(lambda: job_field("JobState") in ("COMPLETED", "FAILED"), timeout=900)
     log = (work / f"slurm-{job}.out").read_text()
     assert job_field("JobState") == "COMPLETED", log
     assert (
@@ -213,6 +216,14 @@ def test_time_limit_signal_stops_requeues_and_resumes(slurm_env, job_inputs, scr
     assert 4 <= done < len(TEXTS) and "resuming:" in log
     assert sum(attempt_rows(work, 1)) <= len(TEXTS) - done + 2  # a batch per rank at most
     assert [r["id"] for r in read_jsonl(work / "out.jsonl")] == [r["id"] for r in reference]
+
+
+def hold_mid_window(work: Path) -> None:
+    """Hold the job's ranks before their next batch (``fault.hold_file=<work>/hold``), and wait
+    until one says so: a stop signal sent now finds the job mid-way, not already finished."""
+    (work / "hold").touch()
+    said = "fault.hold_file: rank"
+    wait_until(lambda: any(said in log.read_text() for log in work.glob("runs/*/logs/rank*.log")))
 
 
 def attempt_rows(work: Path, attempt: int) -> list[int]:
@@ -252,7 +263,9 @@ def job_fields(env, job_id: str) -> dict[str, str]:
     raise AssertionError(f"scontrol show job {job_id} gave nothing: {result.stderr}")
 
 
-def wait_until(predicate, timeout: float = 120) -> None:
+def wait_until(predicate, timeout: float = 600) -> None:
+    """Wait for an event; the bound only says when to give up (generous: a busy machine starts
+    four Python processes through SLURM in minutes, not seconds)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -297,7 +310,7 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
     root, common, reference = job_inputs
     work = root / "submitit-requeue"
     work.mkdir()
-    slow = ("data.unit_size=1", "batch_size=1", "fault.delay_s=1.5")
+    slow = ("data.unit_size=1", "batch_size=1", "fault.delay_s=1.5", f"fault.hold_file={work}/hold")
     parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
     log_file = work / "sweep.log"
     with open(log_file, "w") as log:
@@ -309,17 +322,20 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
             stderr=subprocess.STDOUT,
         )
     wait_until(lambda: len(parts()) >= 2 or sweep.poll() is not None)
+    assert sweep.poll() is None, log_file.read_text()
+    hold_mid_window(work)  # however slowly the signal comes through on a busy machine
     job = next(p.name for p in (work / "multirun" / ".submitit").iterdir() if p.name.isdigit())
 
     def job_field(name: str) -> str:
         return job_fields(slurm_env, job)[name]
 
     subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
+    (work / "hold").unlink()
     wait_until(lambda: job_field("Restarts") == "1")
     wait_until(lambda: job_field("JobState") == "PENDING" and nodes_idle(slurm_env))
     time.sleep(1)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
-    assert sweep.wait(timeout=300) == 0, log_file.read_text()
+    assert sweep.wait(timeout=900) == 0, log_file.read_text()
     assert [r["id"] for r in read_jsonl(work / "out.jsonl")] == [r["id"] for r in reference]
     (run_dir,) = (work / "runs").iterdir()
     log = (run_dir / "logs" / "rank0.log").read_text()
