@@ -62,7 +62,7 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
         assert f"is in use by pid {first.pid} on " in second.stderr
         assert job_parts(tmp_path)  # the first job's parts are still there
         first.send_signal(signal.SIGKILL)  # gone without releasing its lock
-        first.wait(timeout=30)
+        first.wait(timeout=300)
     finally:
         stop_all([first])
     run_in_process(args, cwd=tmp_path)
@@ -147,7 +147,7 @@ def test_a_torchrun_restart_resumes_and_fresh_applies_to_the_first_attempt_only(
         "--max-restarts=1",
     )
     proc = start(cmd, tmp_path, tmp_path / "torchrun.log")
-    assert proc.wait(timeout=300) == 0, (tmp_path / "torchrun.log").read_text()
+    assert proc.wait(timeout=900) == 0, (tmp_path / "torchrun.log").read_text()
     log = (tmp_path / "torchrun.log").read_text()
     assert "injected exit on rank 1" in log
     assert "applies to a job's first attempt only" in log and "resuming" in log
@@ -201,7 +201,7 @@ def test_waiting_for_the_others_has_a_deadline(tmp_path):
 
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
-    thread.join(timeout=30)
+    thread.join(timeout=300)
     assert outcome and outcome[0].startswith("rank 1 stalled: finished no batch for"), outcome
     del host
 
@@ -220,7 +220,7 @@ def test_survivors_of_a_failed_rank_name_it_not_a_preemption(job):
 
 @pytest.mark.parametrize("override", ["batch_sz=3", "batch_size=abc"])
 def test_hydra_config_errors_exit_2(tmp_path, override):
-    result = launch([override], cwd=tmp_path, timeout=120)
+    result = launch([override], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert override.split("=")[0] in result.stderr
 
@@ -235,7 +235,7 @@ def test_each_node_checks_its_input_copy(tmp_path, bert_embedder):
         cmd = torchrun_cmd(args, 1, *two_node_rendezvous(port, "copies"))
         procs.append(start(cmd, tmp_path / f"node{node}", tmp_path / f"node{node}.log"))
     try:
-        codes = [p.wait(timeout=300) for p in procs]
+        codes = [p.wait(timeout=900) for p in procs]
     finally:
         stop_all(procs)
     logs = "\n".join((tmp_path / f"node{n}.log").read_text() for n in (0, 1))
@@ -251,7 +251,7 @@ def test_a_node_lost_during_the_part_transfer_is_noticed(job):
     lost = ["output.shared_fs=false", "fault.rank=1", "fault.kind=freeze", "fault.at_finish=true"]
     procs = start_ranks([*args, *FAST_LIVENESS, *lost], 2, tmp_path)
     try:
-        assert procs[0].wait(timeout=90) == 3
+        assert procs[0].wait(timeout=600) == 3
     finally:
         stop_all(procs)
     log = (tmp_path / "rank0.out").read_text()

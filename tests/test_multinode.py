@@ -36,7 +36,7 @@ def launch_two_nodes(tmp_path, args: list[str], nproc: int, tag: str) -> tuple[l
         own = [f"run.dir=node{node}/run", f"output.path=node{node}/out.jsonl"]
         cmd = torchrun_cmd([*args, *own], nproc, *two_node_rendezvous(port, f"two-nodes-{tag}"))
         procs.append(start(cmd, tmp_path, tmp_path / f"node{node}-{tag}.log"))
-    codes = [p.wait(timeout=300) for p in procs]
+    codes = [p.wait(timeout=900) for p in procs]
     logs = "\n".join((tmp_path / f"node{n}-{tag}.log").read_text() for n in (0, 1))
     return codes, logs
 

@@ -31,7 +31,7 @@ def test_progress_line_names_total_rates_eta_and_slowest_rank():
     assert "slowest rank 1 at 2.0 inputs/s" in line and "ETA 0:00:07" in line
 
 
-def run_on_pty(cmd, cwd, timeout=300) -> str:
+def run_on_pty(cmd, cwd, timeout=900) -> str:
     """Run ``cmd`` with stdout and stderr on a pseudo-terminal; everything it printed."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
