@@ -19,9 +19,13 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddpinfer.config import Config
 from ddpinfer.launch.run_dir import derived_run_name
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 OWN_NAMES = {"output.path", "run.name", "run.dir"}
 PER_JOB = {"hydra:job.num", "hydra:job.id", "hydra:job.override_dirname"}
@@ -87,7 +91,7 @@ def per_job(
     return dataclasses.replace(config, output=output, run=run), tag
 
 
-def written_names(cfg) -> dict[str, str | None]:
+def written_names(cfg: DictConfig | None) -> dict[str, str | None]:
     """``output.path`` and ``run.name`` as written in Hydra's composed config ``cfg``, before
     interpolation (the typed config holds them resolved)."""
     from omegaconf import OmegaConf
@@ -99,7 +103,7 @@ def written_names(cfg) -> dict[str, str | None]:
     return {"output.path": output.get("path"), "run.name": run.get("name")}
 
 
-def sweep_job(config: Config, cfg=None) -> tuple[Config, str | None]:
+def sweep_job(config: Config, cfg: DictConfig | None = None) -> tuple[Config, str | None]:
     """Under ``-m``: this job's config with names of its own (see the module's doc); ``cfg`` is
     Hydra's composed config, where the names are read as written."""
     swept = swept_keys(sys.argv[1:])
