@@ -4,6 +4,7 @@ or make batches run out of memory, through the real entry point and real process
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,8 @@ import time
 import torch
 
 from ddpinfer.config import FaultConfig
+
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -58,6 +61,7 @@ def _fail(kind: str, rank: int, where: str) -> None:
 
 def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_done: int = 0) -> None:
     if fault.delay_s and fault.slow_rank in (None, rank):
+        log.debug("fault.delay_s: batch %d waits %.1fs", batches_done, fault.delay_s)
         time.sleep(fault.delay_s)
     if fault.cuda_error_at_batch == batches_done and fault.rank in (None, rank):
         raise RuntimeError(

@@ -151,7 +151,8 @@ def _run_watched(
             # time-limit signal), so the other ranks stop as preempted, not as failed.
             kind = "preempted" if isinstance(error, (Preempted, SystemExit)) else "error"
             liveness.post_failure(f"{type(error).__name__}: {error}", kind)
-        liveness.linger()
+        stopped = isinstance(error, (Preempted, SystemExit))
+        liveness.linger(together=stopped or getattr(error, "preempted", False))
         if error is e:
             raise
         raise error from e

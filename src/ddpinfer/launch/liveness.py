@@ -4,9 +4,10 @@ Ranks meet in no collective while they work, so nothing would notice a dead peer
 A daemon thread on each rank bumps a heartbeat counter in the store; rank 0 watches everyone's
 counters, the others watch rank 0's. A rank that fails posts its error; a rank silent for
 ``dead_after_s`` is posted as dead by rank 0. Every rank watches one counter of posted failures
-and stops at its next batch; if the main thread is stuck (say, in a collective with the dead
-rank), the thread ends the process itself after a grace period. Store traffic stays O(world)
-per heartbeat on rank 0's side and O(1) on every other rank.
+and stops at its next batch, however long the batch in flight runs (it is kept); if the main
+thread is stuck elsewhere (say, in a collective with the dead rank), the thread ends the process
+itself after a grace period. Store traffic stays O(world) per heartbeat on rank 0's side and O(1)
+on every other rank.
 
 A heartbeat proves the process is alive, not that it gets anywhere, so each rank also watches
 its own progress: the inference loop calls ``progress()`` after every batch, and a rank that
@@ -218,27 +219,53 @@ class Liveness:
         self.post_failure(message, kind="stalled", rank=waiting[0])
         raise PeerFailed(f"rank {waiting[0]} {message}")
 
-    def linger(self) -> None:
-        """After a failure: stay until the ranks this rank reported have left, so that a
-        launcher sees them fail first and names them; on rank 0, until every other rank has
-        left, since they read the notice through its store and may still be writing the work
-        they finished (rank 0 releases the run directory's lock next). Bounded: a rank that does
-        not stop by itself is ended by its own watcher within ``grace_s``."""
+    def linger(self, together: bool = False) -> None:
+        """After a failure or a stop, before this process ends: wait for the ranks that must
+        end first. The ranks this rank reported (stalled, dead) leave first, so that a launcher
+        names them; on rank 0, every other rank leaves first, since they read the notices
+        through its store and may still be journaling their batch in flight under the lock that
+        rank 0 releases next. ``together`` (a stop signal): every rank finishes its batch in
+        flight before any leaves, since torchrun's agent and srun end a job's other processes
+        as soon as one exits. No time limit: a rank is waited for while its heartbeat goes on
+        (a batch in flight may run long; one that runs past its stall limit ends its rank), and
+        given up on after ``dead_after_s`` without one. The scheduler's own grace (SLURM's
+        KillWait) is the outer bound."""
         self._stopping = True
-        waiting = set(self._named)
-        if self.env.is_main:
-            waiting |= set(range(1, self.env.world_size))
-        waiting -= self._dead | {self.env.rank}
-        deadline = time.monotonic() + min(self.grace_s + 2 * self.heartbeat_s + 2, 30.0)
-        named = bool(waiting & self._named)
         try:
-            while waiting and time.monotonic() < deadline:
-                waiting = {r for r in waiting if not self._store.check([f"left/{r}"])}
-                time.sleep(0.2)
+            self._store.set(f"stopped/{self.env.rank}", "1")
+        except Exception as e:
+            log.debug("could not say this rank has stopped: %s", e)
+        others = set(range(self.env.world_size)) - self._dead - {self.env.rank}
+        leaving = others if self.env.is_main else others & self._named
+        stopping = others - leaving if together else set()
+        try:
+            self._wait_for(leaving, stopping)
         except Exception as e:  # the store is gone: nobody is left to wait for
             log.debug("stopped waiting for the other ranks to leave: %s", e)
-        if named:
+        if leaving & self._named:
             time.sleep(EXIT_MARGIN_S)
+
+    def _ended(self, rank: int) -> bool:
+        """Whether ``rank`` has stopped (its finished work is on disk) or left."""
+        return self._store.check([f"stopped/{rank}"]) or self._store.check([f"left/{rank}"])
+
+    def _wait_for(self, leaving: set[int], stopping: set[int]) -> None:
+        """Until each rank of ``leaving`` has left and each of ``stopping`` has stopped (or
+        left), or gone silent for ``dead_after_s``."""
+        beats: dict[int, tuple[int, float]] = {}
+        while leaving or stopping:
+            now = time.monotonic()
+            leaving = {r for r in leaving if not self._store.check([f"left/{r}"])}
+            stopping = {r for r in stopping - leaving if not self._ended(r)}
+            for rank in leaving | stopping:
+                count = self._store.add(f"hb/{rank}", 0)
+                if beats.get(rank, (None,))[0] != count:
+                    beats[rank] = (count, now)
+                elif now - beats[rank][1] > self.dead_after_s:
+                    log.warning("rank %d stopped responding; not waiting for it", rank)
+                    leaving.discard(rank)
+                    stopping.discard(rank)
+            time.sleep(0.2)
 
     def explain(self, error: BaseException) -> BaseException | None:
         """A collective failed or timed out: a peer closed its connection, or never came. Find
@@ -322,9 +349,18 @@ class Liveness:
                     f"lost contact with the rendezvous store ({e}): {LOST_STORE}",
                     "error",
                 )
-            stuck = time.monotonic() - self._failed_at > self.grace_s
-            if self.failure is not None and stuck and not self._stopping:
+            if self.failure is not None and not self._stopping and self._main_thread_stuck():
                 self._exit_stuck()
+
+    def _main_thread_stuck(self) -> bool:
+        """Whether the main thread has failed to stop by itself. It stops at its next batch
+        boundary, so a batch in flight is waited for, however long it runs, up to this rank's
+        stall limit (finished, it is kept); anywhere else (a collective, a read, a deadlock) it
+        should have stopped within ``grace_s``."""
+        now, batch_began = time.monotonic(), self._progress_at
+        if self._own_failure or batch_began is None:
+            return now - self._failed_at > self.grace_s
+        return now - batch_began > self.stall_limit()
 
     def _exit_stuck(self) -> None:
         """The main thread did not stop by itself (stuck in a collective, a read, a deadlock):
