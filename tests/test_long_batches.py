@@ -7,13 +7,16 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
 from helpers import (
     FAST_LIVENESS,
+    LAUNCHER,
     TEXTS,
     assert_complete,
     run_in_process,
+    start,
     start_ranks,
     subprocess_env,
     torchrun_cmd,
@@ -81,6 +84,26 @@ def test_sigterm_waits_for_a_batch_longer_than_the_grace(tmp_path, bert_embedder
     assert done < N, text
     assert rerun_computes(tmp_path, args) == N - done  # nothing that ran was lost
     assert_complete(tmp_path, N)
+
+
+def test_one_process_with_a_hung_batch_ends_as_stalled_even_after_sigterm(job):
+    """No torchrun, no process group: run.stall_after_s holds all the same, and a SIGTERM
+    waits for the hung batch only that long."""
+    tmp_path, args = job
+    hang = ["fault.rank=0", "fault.kind=hang", "fault.at_unit=1", "run.stall_after_s=3"]
+    proc = start([sys.executable, str(LAUNCHER), *args, "run.heartbeat_s=0.5", *hang],
+                 tmp_path, tmp_path / "out.log")  # fmt: skip
+    try:
+        log = tmp_path / "runs" / "job" / "logs" / "rank0.log"
+        wait_for(lambda: log.exists() and "injected fault.kind=hang" in log.read_text(), 180)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "out.log").read_text()
+    assert code == 1, out
+    assert "ddpinfer: rank 0: rank 0 stalled: finished no batch for" in out, out
 
 
 def test_a_peer_failure_waits_for_a_batch_in_flight(tmp_path, bert_embedder):

@@ -48,6 +48,7 @@ def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
 
 
 def _fail(kind: str, rank: int, where: str) -> None:
+    log.warning("injected fault.kind=%s on rank %d %s", kind, rank, where)
     if kind == "hang":  # alive (heartbeats go on) but going nowhere
         time.sleep(24 * 3600)
     if kind == "freeze":  # like a lost node: no heartbeat, and no connection is closed

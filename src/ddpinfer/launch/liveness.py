@@ -23,8 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,18 +31,10 @@ import torch.distributed as dist
 
 from ddpinfer.launch.env import LaunchEnv
 from ddpinfer.launch.process_group import connect_store
-from ddpinfer.launch.stopping import (
-    EXIT_PEER_FAILED,
-    EXIT_PREEMPTED,
-    EXIT_UNEXPECTED,
-    PeerFailed,
-    Preempted,
-    Stalled,
-)
+from ddpinfer.launch.stopping import PeerFailed, Preempted, Reason, Stalled, end_process
 
 log = logging.getLogger(__name__)
 
-LOST_STORE = "rank 0 (or the launcher hosting the store) has stopped"
 MIN_STALL_S, STALL_FACTOR, WAIT_FACTOR = 600.0, 10.0, 3.0
 EXIT_MARGIN_S = 1.0
 """How long a lingering rank stays after the ranks it waited for have said they are leaving: a
@@ -53,6 +43,13 @@ this rank's own, which the launcher would then name as the first failure."""
 PHASES = ("start", "preflight", "work", "done", "finish", "transfer", "merge")
 """Where a rank is in the run, in order: a rank that fails a collective looks here for the rank
 that never reached it."""
+
+
+def lost_store(error: BaseException) -> str:
+    return (
+        f"lost contact with the rendezvous store ({str(error).splitlines()[0][:200]}): rank 0 "
+        "(or the launcher hosting the store) has stopped"
+    )
 
 
 class Liveness:
@@ -69,7 +66,7 @@ class Liveness:
         self.stall_after_s = stall_after_s
         self.grace_s = max(2 * heartbeat_s, 5.0)
         self.failure: str | None = None
-        self.failure_kind: str | None = None
+        self.failure_kind: Reason | None = None
         self._failed_at = 0.0
         self._own_failure = False
         self._progress_at: float | None = None  # None: no batch expected (before/after the loop)
@@ -81,8 +78,10 @@ class Liveness:
         self._stopping = False  # the main thread is handling a failure: it stops by itself
         self._stop = threading.Event()
         # One store client per thread: the main thread posts and waits, the watcher polls.
-        self._store = self._connect()
-        self._watch_store = self._connect()
+        # One process has no store: an in-process one serves its own stall clock and notices.
+        local = None if env.is_distributed else dist.HashStore()
+        self._store = local or self._connect()
+        self._watch_store = local or self._connect()
         self._thread = threading.Thread(target=self._watch, name="ddpinfer-liveness", daemon=True)
 
     def _connect(self) -> dist.Store:
@@ -144,7 +143,7 @@ class Liveness:
     def post_failure(
         self,
         message: str,
-        kind: str = "error",
+        kind: Reason = Reason.ERROR,
         rank: int | None = None,
         store: dist.Store | None = None,
     ) -> None:
@@ -154,7 +153,7 @@ class Liveness:
         store = store or self._store
         try:
             index = store.add("failures", 1)
-            notice = {"rank": rank, "by": self.env.rank, "error": message, "kind": kind}
+            notice = {"rank": rank, "by": self.env.rank, "error": message, "kind": kind.value}
             store.set(f"failure/{index}", json.dumps(notice))
             if rank != self.env.rank:
                 self._named.add(rank)
@@ -165,9 +164,7 @@ class Liveness:
         """Raise Stalled if this rank stalled, PeerFailed if another rank has failed."""
         if self.failure is None:
             return
-        if self._own_failure:
-            raise Stalled(self.failure)
-        raise PeerFailed(self.failure, preempted=self.failure_kind == "preempted")
+        raise self._error()
 
     def poll_failures(self) -> None:
         """Read the failure notices now, from the calling thread (say, on a stop signal: the
@@ -204,9 +201,7 @@ class Liveness:
             raise
         except Exception as e:  # the store went away with the rank or launcher hosting it
             check_stop()
-            raise PeerFailed(
-                f"lost contact with the rendezvous store ({e}): {LOST_STORE}"
-            ) from None
+            raise PeerFailed(lost_store(e), Reason.LOST_STORE) from None
 
     def _raise_no_progress(self, silent_s: float) -> None:
         waiting = [r for r in range(self.env.world_size) if not self._store.check([f"done/{r}"])]
@@ -216,8 +211,8 @@ class Liveness:
             f"stalled: finished no batch for {silent_s:.0f}s while rank(s) "
             f"{', '.join(map(str, waiting))} had work left; see logs/rank{waiting[0]}.log"
         )
-        self.post_failure(message, kind="stalled", rank=waiting[0])
-        raise PeerFailed(f"rank {waiting[0]} {message}")
+        self.post_failure(message, Reason.STALLED, rank=waiting[0])
+        raise PeerFailed(f"rank {waiting[0]} {message}", Reason.STALLED)
 
     def linger(self, together: bool = False) -> None:
         """After a failure or a stop, before this process ends: wait for the ranks that must
@@ -280,9 +275,7 @@ class Liveness:
             log.debug("could not find the rank a failed collective waited for: %s", e)
         if self.failure is None:
             return None
-        if self._own_failure:
-            return Stalled(self.failure)
-        return PeerFailed(self.failure, preempted=self.failure_kind == "preempted")
+        return self._error()
 
     def _find_culprit(self, error: BaseException) -> None:
         others = [r for r in range(self.env.world_size) if r != self.env.rank]
@@ -304,7 +297,7 @@ class Liveness:
                 f"logs/rank{rank}.log"
             )
             self._dead.add(rank)
-            self._blame(rank, message, "dead")
+            self._blame(rank, message, Reason.DEAD)
             return
         behind = [r for r in others if r not in gone and self._phase_of(r) < self._phase_of()]
         if behind:
@@ -313,7 +306,7 @@ class Liveness:
                 f"stalled: alive, but it never reached the {self._phase} step, where rank "
                 f"{self.env.rank} waited for it ({cause}); see logs/rank{rank}.log"
             )
-            self._blame(rank, message, "stalled")
+            self._blame(rank, message, Reason.STALLED)
 
     def _phase_of(self, rank: int | None = None) -> int:
         if rank is None:
@@ -325,7 +318,7 @@ class Liveness:
         )
         return PHASES.index(name) if name in PHASES else 0
 
-    def _blame(self, rank: int, message: str, kind: str) -> None:
+    def _blame(self, rank: int, message: str, kind: Reason) -> None:
         self.post_failure(message, kind=kind, rank=rank)
         self._fail(f"rank {rank} {message}", kind)
 
@@ -345,10 +338,7 @@ class Liveness:
                     self._read_failures(self._watch_store)
                     self._check_heartbeats(last)
             except Exception as e:
-                self._fail(
-                    f"lost contact with the rendezvous store ({e}): {LOST_STORE}",
-                    "error",
-                )
+                self._fail(lost_store(e), Reason.LOST_STORE)
             if self.failure is not None and not self._stopping and self._main_thread_stuck():
                 self._exit_stuck()
 
@@ -363,23 +353,21 @@ class Liveness:
         return now - batch_began > self.stall_limit()
 
     def _exit_stuck(self) -> None:
-        """The main thread did not stop by itself (stuck in a collective, a read, a deadlock):
-        end the process, with the same last line and exit code it would have given."""
-        why = f"{self.failure} (this rank did not stop by itself in {self.grace_s:.0f}s)"
-        log.error("stopping: %s", why)
-        if self._own_failure:
-            code, line = EXIT_UNEXPECTED, f"rank {self.env.rank}: {why}"
+        """The main thread did not stop by itself (stuck in a collective, a read, a deadlock, or
+        a batch past its stall limit): end the process, with the same last line and exit code
+        it would have given."""
+        batch_began = self._progress_at
+        if batch_began is not None and not self._own_failure:
+            stall = self._stall_message(time.monotonic() - batch_began)
+            error: BaseException = Stalled(f"rank {self.env.rank} {stall}, after: {self.failure}")
         else:
-            preempted = self.failure_kind == "preempted"
-            code = EXIT_PREEMPTED if preempted else EXIT_PEER_FAILED
-            line = f"rank {self.env.rank}: stopping because {why}"
-        print(f"ddpinfer: {line}", file=sys.stderr, flush=True)
-        logging.shutdown()
+            waited = time.monotonic() - self._failed_at
+            error = self._error(f" (this rank did not stop by itself in {waited:.0f}s)")
         try:
             self._watch_store.set(f"left/{self.env.rank}", "1")
         except Exception:
             pass
-        os._exit(code)
+        end_process(self.env.rank, error)
 
     def _check_own_progress(self) -> None:
         started = self._progress_at
@@ -387,14 +375,23 @@ class Liveness:
             return
         silent = time.monotonic() - started
         if silent > self.stall_limit():
-            message = (
-                f"stalled: finished no batch for {silent:.0f}s (run.stall_after_s="
-                f"{self.stall_limit():.0f}; a hung filesystem read, a deadlock in the tokenizer "
-                f"or model?); see logs/rank{self.env.rank}.log"
-            )
-            self.post_failure(message, kind="stalled", store=self._watch_store)
+            message = self._stall_message(silent)
+            self.post_failure(message, Reason.STALLED, store=self._watch_store)
             self._own_failure = True
-            self._fail(f"rank {self.env.rank} {message}", "stalled")
+            self._fail(f"rank {self.env.rank} {message}", Reason.STALLED)
+
+    def _stall_message(self, silent: float) -> str:
+        return (
+            f"stalled: finished no batch for {silent:.0f}s (run.stall_after_s="
+            f"{self.stall_limit():.0f}; a hung filesystem read, a deadlock in the tokenizer "
+            f"or model?); see logs/rank{self.env.rank}.log"
+        )
+
+    def _error(self, note: str = "") -> BaseException:
+        """What this rank stops with, for the failure it has seen."""
+        if self._own_failure:
+            return Stalled(f"{self.failure}{note}")
+        return PeerFailed(f"{self.failure}{note}", self.failure_kind or Reason.ERROR)
 
     def _read_failures(self, store: dist.Store) -> None:
         """Every notice posted so far. The first one about another rank is the reason this rank
@@ -403,13 +400,15 @@ class Liveness:
         that a launcher names it, not the rank that noticed."""
         for index in range(1, store.add("failures", 0) + 1):
             info = json.loads(store.get(f"failure/{index}"))
-            kind = info.get("kind")
+            kind = Reason.of_notice(info.get("kind"))
             if info["rank"] == self.env.rank:
                 if info.get("by", self.env.rank) != self.env.rank and self.failure is None:
                     self._own_failure = True
                     self._fail(f"rank {self.env.rank} {info['error']}", kind)
                 continue
-            verb = {"stalled": "", "dead": "", "preempted": "was stopped: "}.get(kind, "failed: ")
+            verb = {Reason.STALLED: "", Reason.DEAD: "", Reason.PREEMPTED: "was stopped: "}.get(
+                kind, "failed: "
+            )
             self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
 
     def _check_heartbeats(self, last: dict[int, tuple[int, float]]) -> None:
@@ -428,11 +427,11 @@ class Liveness:
                 )
                 self._dead.add(rank)
                 if self.env.is_main:
-                    self.post_failure(message, "dead", rank=rank, store=self._watch_store)
-                self._fail(f"rank {rank} {message}", "dead")
+                    self.post_failure(message, Reason.DEAD, rank=rank, store=self._watch_store)
+                self._fail(f"rank {rank} {message}", Reason.DEAD)
                 return
 
-    def _fail(self, message: str, kind: str | None) -> None:
+    def _fail(self, message: str, kind: Reason) -> None:
         if self.failure is None:
             self.failure, self.failure_kind, self._failed_at = message, kind, time.monotonic()
             log.error("%s", message)

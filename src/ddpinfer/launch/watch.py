@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ddpinfer.launch.liveness import Liveness
 from ddpinfer.launch.run_lock import LOCK_NAME, LockFence, RunLock
-from ddpinfer.launch.stopping import StopSignals
+from ddpinfer.launch.stopping import Reason, StopSignals
 
 
 class Watch:
@@ -40,7 +40,7 @@ class Watch:
         if liveness is not None:
             if self.signals.received:  # torchrun's agent stops the others when a rank fails
                 liveness.poll_failures()
-                if liveness.failure_kind == "preempted":  # a signal to all: a preemption
+                if liveness.failure_kind is Reason.PREEMPTED:  # a signal to all: a preemption
                     self.signals.check()
             liveness.check()
         self.signals.check()
