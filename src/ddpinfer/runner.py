@@ -98,6 +98,11 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         if device.type == "cpu":
             set_cpu_threads(cfg.cpu_threads, env.local_world_size)
         result = _run_watched(cfg, env, device, run_dir, group, watch, clock)
+    except PeerFailed as e:
+        if e.reason is Reason.LOST_STORE and lock is not None:
+            lock.abandon()  # the other ranks may still write their batch in flight under it
+            lock = None
+        raise
     except UserError:
         if lock is not None:
             lock.release()

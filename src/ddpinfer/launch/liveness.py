@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from ddpinfer.launch.env import LaunchEnv
 from ddpinfer.launch.process_group import connect_store
+from ddpinfer.launch.signal_cause import gone_peer, publish_process
 from ddpinfer.launch.stopping import PeerFailed, Preempted, Reason, Stalled, end_process
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Liveness:
         self._dead: set[int] = set()
         self._phase = "start"
         self._stopping = False  # the main thread is handling a failure: it stops by itself
+        self._signal_explained = False
         self._stop = threading.Event()
         # One store client per thread: the main thread posts and waits, the watcher polls.
         # One process has no store: an in-process one serves its own stall clock and notices.
@@ -90,6 +92,7 @@ class Liveness:
 
     def start(self) -> Liveness:
         self._store.add(f"hb/{self.env.rank}", 1)
+        publish_process(self._store, self.env)
         self._thread.start()
         return self
 
@@ -175,6 +178,31 @@ class Liveness:
                 self._read_failures(self._store)
         except Exception as e:
             log.debug("could not read failure notices: %s", e)
+
+    def explain_signal(self) -> None:
+        """A stop signal came (once): read the failure notices, and with none, look for a peer
+        that died (``signal_cause``: torchrun's agent stops the survivors of a dead worker with
+        SIGTERM before run.dead_after_s passes). That rank is posted as dead, and this rank
+        stops naming it, not as preempted."""
+        if self._signal_explained:
+            return
+        self._signal_explained = True
+        self.poll_failures()
+        if self.failure is not None or not self.env.is_distributed:
+            return
+        try:
+            found = gone_peer(self._store, self.env, self.heartbeat_s)
+        except Exception as e:
+            log.debug("could not check the other ranks on a stop signal: %s", e)
+            return
+        if found is not None:
+            rank, how = found
+            message = (
+                f"stopped responding: {how} (killed, out of host memory, or its node is gone); "
+                f"see logs/rank{rank}.log"
+            )
+            self._dead.add(rank)
+            self._blame(rank, message, Reason.DEAD)
 
     def wait_all_done(self, check_stop: Callable[[], None]) -> None:
         """Block until every rank has finished its work; ``check_stop`` raises to stop waiting
@@ -271,8 +299,9 @@ class Liveness:
             self._read_failures(self._store)
             if self.failure is None:
                 self._find_culprit(error)
-        except Exception as e:
+        except Exception as e:  # the store is gone, with the rank or launcher hosting it
             log.debug("could not find the rank a failed collective waited for: %s", e)
+            self._fail(lost_store(e), Reason.LOST_STORE)
         if self.failure is None:
             return None
         return self._error()

@@ -39,7 +39,7 @@ class Watch:
         liveness = self.liveness
         if liveness is not None:
             if self.signals.received:  # torchrun's agent stops the others when a rank fails
-                liveness.poll_failures()
+                liveness.explain_signal()
                 if liveness.failure_kind is Reason.PREEMPTED:  # a signal to all: a preemption
                     self.signals.check()
             liveness.check()
