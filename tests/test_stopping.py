@@ -60,3 +60,42 @@ def test_a_signal_inside_an_agreed_step_is_reported_as_a_stop():
     with pytest.raises(Preempted):
         agreed(Recording(None), step)
     assert reports == [("stopped", "was stopped: stopped by SIGTERM")]
+
+
+CHILD_OUTLIVES = """
+import multiprocessing, sys, threading, time
+from ddpinfer.launch.stopping import Stalled, end_process
+
+if __name__ == "__main__":
+    spawn = multiprocessing.get_context("spawn")
+    child = spawn.Process(target=time.sleep, args=(600,), daemon=True)
+    child.start()  # as a vLLM engine's process: a daemon only interpreter shutdown would end
+    print(child.pid, flush=True)
+    threading.Thread(target=end_process, args=(0, Stalled("rank 0 stalled: test"))).start()
+    time.sleep(600)  # the main thread is stuck
+"""
+
+
+def test_a_process_ended_by_its_watcher_takes_its_engine_processes_with_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env, wait_for
+
+    script = tmp_path / "stuck.py"
+    script.write_text(CHILD_OUTLIVES)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "ddpinfer: rank 0: rank 0 stalled: test" in done.stderr
+    child = int(done.stdout.split()[0])
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=30)

@@ -46,6 +46,7 @@ from ddpinfer.launch.stopping import (
     StopSignals,
     end_sweep_job,
     ending,
+    exit_now,
     in_hydra_sweep,
 )
 from ddpinfer.launch.sweeps import sweep_job
@@ -306,10 +307,7 @@ def main(cfg: DictConfig) -> None:
     # interpreter exit ("terminate called without an active exception", seen with gloo about
     # once in twenty runs even after destroy_process_group) or hang when peers are gone, and the
     # exit code must be the one chosen here. Every result and log is on disk by now.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def report(text: str) -> None:

@@ -148,8 +148,33 @@ def end_process(rank: int | str, error: BaseException) -> None:
     end = ending(error)
     log.error("stopping: %s", end.line)
     print(f"ddpinfer: rank {rank}: {end.line}", file=sys.stderr, flush=True)
+    exit_now(end.code)
+
+
+def exit_now(code: int) -> None:
+    """Leave at once (``os._exit``: no interpreter shutdown, which can hang or abort with peers
+    gone), ending this process's children first: a vLLM engine's processes are daemons that
+    only the interpreter's shutdown would end, and would outlive the rank holding their GPU."""
     logging.shutdown()
-    os._exit(end.code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    end_children()
+    os._exit(code)
+
+
+def end_children(wait_s: float = 5.0) -> None:
+    """SIGTERM to this process's ``multiprocessing`` children, SIGKILL to those still there
+    after ``wait_s``."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + wait_s
+    for child in children:
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
 
 
 def config_errors_exit_2(hydra_main: Callable[[], None]) -> None:
@@ -216,7 +241,7 @@ class StopSignals:
         name = signal.Signals(signum).name
         if self.received is not None:
             if time.monotonic() - self._received_at > self.REPEAT_WINDOW_S:
-                os._exit(EXIT_INTERRUPTED if name == "SIGINT" else EXIT_PREEMPTED)
+                exit_now(EXIT_INTERRUPTED if name == "SIGINT" else EXIT_PREEMPTED)
             return
         self.received, self._received_at = name, time.monotonic()
         if not self._at_batch_boundary:
