@@ -53,6 +53,10 @@ def lost_store(error: BaseException) -> str:
     )
 
 
+SILENT = (Reason.STALLED, Reason.DEAD)
+"""Notices whose message says itself what happened to the rank (``rank 3 stalled: ...``)."""
+
+
 class Liveness:
     def __init__(
         self,
@@ -435,9 +439,7 @@ class Liveness:
                     self._own_failure = True
                     self._fail(f"rank {self.env.rank} {info['error']}", kind)
                 continue
-            verb = {Reason.STALLED: "", Reason.DEAD: "", Reason.PREEMPTED: "was stopped: "}.get(
-                kind, "failed: "
-            )
+            verb = "was stopped: " if kind.is_stop else "" if kind in SILENT else "failed: "
             self._fail(f"rank {info['rank']} {verb}{info['error']}", kind)
 
     def _check_heartbeats(self, last: dict[int, tuple[int, float]]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ddpinfer.launch.liveness import Liveness
 from ddpinfer.launch.run_lock import LOCK_NAME, LockFence, RunLock
-from ddpinfer.launch.stopping import Reason, StopSignals
+from ddpinfer.launch.stopping import StopSignals
 
 
 class Watch:
@@ -40,8 +40,8 @@ class Watch:
         if liveness is not None:
             if self.signals.received:  # torchrun's agent stops the others when a rank fails
                 liveness.explain_signal()
-                if liveness.failure_kind is Reason.PREEMPTED:  # a signal to all: a preemption
-                    self.signals.check()
+                if liveness.failure_kind is not None and liveness.failure_kind.is_stop:
+                    self.signals.check()  # a signal to all (a preemption, Ctrl-C): this one's
             liveness.check()
         self.signals.check()
         self._fence.check()
