@@ -216,3 +216,20 @@ def test_image_text_through_the_engine_equals_transformers(tmp_path, tiny_llava)
     # worker load models unpatched
     engine = [*ENGINE, "+task.vllm.extra.model_impl=transformers"]
     assert outputs(tmp_path, "vllm.jsonl", args, *engine, nproc=1) == reference
+
+
+def test_seeded_sampling_on_one_process_with_prefills_over_a_step(tmp_path, llama_generator):
+    """One process, no torchrun, and prompts that together exceed what one engine step
+    prefills: vLLM cut a prefill into chunks and rewound its seeded generator, which a CPU
+    generator cannot do ("CPU Generator does not use offset")."""
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'and more ' * (i % 7)}" * 3 + f"#{i}" for i in range(256)]
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    args = ["task=generate", f"model.path={llama_generator}", "data.path=in.jsonl",
+            "data.id_field=uid", "task.max_new_tokens=4", *ENGINE, "task.do_sample=true",
+            "output.path=out.jsonl", "data.on_error=skip"]  # fmt: skip
+    result = launch(args, cwd=tmp_path, env=UNBOUND, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = read_jsonl(tmp_path / "out.jsonl")
+    refused = [e for f in tmp_path.glob("runs/*/errors.jsonl") for e in read_jsonl(f)]
+    assert len(written) + len(refused) == 256  # the longest prompts exceed the tiny model's
+    assert all("offset" not in e["error"] for e in refused), refused

@@ -48,6 +48,7 @@ def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
 
 
 def _fail(kind: str, rank: int, where: str) -> None:
+    log.warning("injected fault.kind=%s on rank %d %s", kind, rank, where)
     if kind == "hang":  # alive (heartbeats go on) but going nowhere
         time.sleep(24 * 3600)
     if kind == "freeze":  # like a lost node: no heartbeat, and no connection is closed
@@ -61,6 +62,7 @@ def _fail(kind: str, rank: int, where: str) -> None:
 
 def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_done: int = 0) -> None:
     if fault.delay_s and fault.slow_rank in (None, rank):
+        log.debug("fault.delay_s: batch %d waits %.1fs", batches_done, fault.delay_s)
         time.sleep(fault.delay_s)
     if fault.hold_file and fault.slow_rank in (None, rank):
         _hold(fault.hold_file, rank, batches_done)

@@ -39,15 +39,14 @@ from ddpinfer.launch import (
 )
 from ddpinfer.launch import env as launch_env
 from ddpinfer.launch.stopping import (
-    EXIT_PEER_FAILED,
-    EXIT_PREEMPTED,
-    EXIT_UNEXPECTED,
-    EXIT_USER_ERROR,
     PeerFailed,
     Preempted,
+    Reason,
     Stalled,
     StopSignals,
     end_sweep_job,
+    ending,
+    exit_now,
     in_hydra_sweep,
 )
 from ddpinfer.launch.sweeps import sweep_job
@@ -100,6 +99,11 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
         if device.type == "cpu":
             set_cpu_threads(cfg.cpu_threads, env.local_world_size)
         result = _run_watched(cfg, env, device, run_dir, group, watch, clock)
+    except PeerFailed as e:
+        if e.reason is Reason.LOST_STORE and lock is not None:
+            lock.abandon()  # the other ranks may still write their batch in flight under it
+            lock = None
+        raise
     except UserError:
         if lock is not None:
             lock.release()
@@ -131,33 +135,35 @@ def _run_watched(
     watch: Watch,
     clock: manifest.Stopwatch,
 ) -> RunResult:
-    """Run with heartbeats, progress and failure notices between ranks (when there are several).
-    A failure is posted for the others; a collective that failed is blamed on the rank that
-    closed it or never came, not on this one."""
-    if env.is_distributed:
-        run_cfg = cfg.run
-        watch.liveness = Liveness(
-            env, run_cfg.heartbeat_s, run_cfg.dead_after_s, run_cfg.stall_after_s
-        ).start()
-    liveness = watch.liveness
+    """Run with heartbeats, progress and failure notices between ranks, and a stall clock (one
+    process too: a hung batch ends it at run.stall_after_s). A failure is posted for the
+    others; a collective that failed is blamed on the rank that closed it or never came, not on
+    this one."""
+    run_cfg = cfg.run
+    liveness = Liveness(env, run_cfg.heartbeat_s, run_cfg.dead_after_s, run_cfg.stall_after_s)
+    watch.liveness = liveness.start()
     try:
         return _run(cfg, env, device, run_dir, group, watch, clock)
     except BaseException as e:
-        if liveness is None:
-            raise
         error = (liveness.explain(e) if is_collective_failure(e) else None) or e
         if not isinstance(error, (PeerFailed, Stalled)):
-            # SystemExit: a launcher plugin ends the job to requeue it (submitit on its
-            # time-limit signal), so the other ranks stop as preempted, not as failed.
-            kind = "preempted" if isinstance(error, (Preempted, SystemExit)) else "error"
-            liveness.post_failure(f"{type(error).__name__}: {error}", kind)
-        liveness.linger()
+            liveness.post_failure(f"{type(error).__name__}: {error}", _reason(error))
+        liveness.linger(together=_reason(error).is_stop)
         if error is e:
             raise
         raise error from e
     finally:
-        if liveness is not None:
-            liveness.leave()
+        liveness.leave()
+
+
+def _reason(error: BaseException) -> Reason:
+    """Why this rank stops, as its notice tells the others. SystemExit: a launcher plugin ends
+    the job to requeue it (submitit on its time-limit signal): a stop, not a failure."""
+    if isinstance(error, SystemExit):
+        return Reason.PREEMPTED
+    if isinstance(error, (Preempted, PeerFailed)):
+        return error.reason
+    return Reason.STALLED if isinstance(error, Stalled) else Reason.ERROR
 
 
 def _run(
@@ -277,6 +283,7 @@ def _merge(run_dir: Path, plan: Plan, inference_s: float, fence) -> MergeSummary
 def main(cfg: DictConfig) -> None:
     """Validate and run Hydra's composed config. Errors a user can fix become one clear line
     naming the rank; each way of stopping early has its own exit code (see ``stopping``)."""
+    error: BaseException | None = None
     try:
         config = to_config(cfg)
         if in_hydra_sweep():
@@ -285,23 +292,14 @@ def main(cfg: DictConfig) -> None:
                 where = config.output.path or f"run.name={config.run.name}"
                 print(f"ddpinfer: sweep point {tag}: {where}", file=sys.stderr, flush=True)
         run(config)
-        code = 0
-    except UserError as e:  # bad input or configuration
-        report(f"error: {e}")
-        code = EXIT_USER_ERROR
-    except Preempted as e:
-        report(f"{e}; finished work is kept: run the same command again to resume")
-        code = e.exit_code
-    except PeerFailed as e:
-        report(f"stopping because {e}; finished work is kept for a re-run")
-        code = EXIT_PREEMPTED if e.preempted else EXIT_PEER_FAILED
-    except Stalled as e:
-        report(f"{e}; finished work is kept for a re-run")
-        code = EXIT_UNEXPECTED
     except Exception as e:
-        traceback.print_exc()
-        report(f"unexpected error: {type(e).__name__}: {e}")
-        code = EXIT_UNEXPECTED
+        error = e
+    end = ending(error)
+    if end.traceback:
+        traceback.print_exception(error)
+    if end.line:
+        report(end.line)
+    code = end.code
     if in_hydra_sweep():
         end_sweep_job(code)
         return
@@ -309,10 +307,7 @@ def main(cfg: DictConfig) -> None:
     # interpreter exit ("terminate called without an active exception", seen with gloo about
     # once in twenty runs even after destroy_process_group) or hang when peers are gone, and the
     # exit code must be the one chosen here. Every result and log is on disk by now.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def report(text: str) -> None:

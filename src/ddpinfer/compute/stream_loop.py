@@ -3,19 +3,22 @@ engine from claimed windows of work units, and each result is journaled the engi
 request finishes.
 
 There are no batches to plan: the engine schedules requests itself (continuous batching). The
-loop keeps it full across unit and window boundaries: while fewer than twice the requests it
-runs at once are queued or running, it adds the next prepared window's prompts (prompts are
-made, and images decoded, on the feed's thread), and it asks for the next window as soon as one
-is taken. What each step finishes goes to the window's journal and, as units complete, to their
-parts, as the batched loop does; a stop between steps loses only the requests in flight.
+loop keeps it full across unit and window boundaries, and never fuller than twice the requests
+it runs at once: a window's rows wait in a queue, and after each step as many of them are made
+into prompts (images decoded) and added as requests finished. Only the prompts in flight are in
+memory, whatever the size of a window. A prompt that cannot be made (an image that does not
+decode, a chat template that refuses the text) is that input's error; the rest runs. What each
+step finishes goes to the window's journal and, as units complete, to their parts, as the
+batched loop does; a stop between steps loses only the requests in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +57,6 @@ class EngineTask:
     window_rows: int | None = None
 
 
-@dataclass
-class StreamWindow(WindowRows):
-    """A window's rows, each with its prompt (or the reason it has none)."""
-
-    prompts: list[Any] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)
-
-
 def stream_units(
     cfg: Config,
     env: LaunchEnv,
@@ -76,9 +71,9 @@ def stream_units(
     board = WorkBoard(env)
     window_rows = min(cfg.batch.sort_rows, task.window_rows or cfg.batch.sort_rows)
     fault = faults.for_attempt(cfg.fault, env.attempt)
-    read = _prompt_reader(plan, task.prompts)
+    read = rows_reader(plan)  # prompts are made as rows go into the engine
     busy = 0.0
-    in_flight = QUEUED_BATCHES * task.engine.max_num_seqs
+    cap = QUEUED_BATCHES * task.engine.max_num_seqs
     with (
         PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
         WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
@@ -86,14 +81,17 @@ def stream_units(
         streamer = Streamer(task, writer, on_batch)
         try:
             while True:
-                while streamer.in_flight < in_flight and not feed.done:
-                    window = feed.take(block=streamer.in_flight == 0)
+                while streamer.queued < cap and not feed.done:
+                    window = feed.take(block=streamer.idle)
                     if window is None or window is DONE:
                         break
                     feed.request_next()
                     streamer.add(window)  # type: ignore[arg-type]
-                if streamer.in_flight == 0 and feed.done:
+                streamer.top_up(cap)
+                if streamer.idle and feed.done:
                     break
+                if streamer.in_flight == 0:
+                    continue  # every queued row failed its prompt: take the next window
                 watch.before_batch()
                 began = time.perf_counter()
                 faults.before_batch(fault, streamer.in_flight, env.rank, streamer.stats.batches)
@@ -105,37 +103,34 @@ def stream_units(
     return writer.done, streamer.stats
 
 
-def _prompt_reader(plan: Plan, prompts: Any) -> Callable[[list[int]], StreamWindow]:
-    """Reads a window's rows and makes their prompts (on the feed's thread)."""
-    read = rows_reader(plan)
-
-    def make(units: list[int]) -> StreamWindow:
-        rows = read(units)
-        window = StreamWindow(rows.units, rows.rows, rows.fragments)
-        runnable = [p for p, row in enumerate(window.flat) if row.error is None]
-        window.errors = {p: row.error for p, row in enumerate(window.flat) if row.error}
-        window.prompts = [None] * window.num_rows
-        made = prompts.prepare([window.flat[p] for p in runnable])
-        for pos, prompt in zip(runnable, made, strict=True):
-            if isinstance(prompt, Exception):
-                window.errors[pos] = str(prompt)
-            else:
-                window.prompts[pos] = prompt
-        return window
-
-    return make
+def make_prompts(prompts: Any, rows: list[Any]) -> list[Any]:
+    """Each row's prompt, or the exception that says why it has none: ``prompts.prepare`` in one
+    call, and if that raises (a chat template refusing one text), row by row."""
+    try:
+        return prompts.prepare(rows)
+    except Exception:
+        made: list[Any] = []
+        for row in rows:
+            try:
+                made.extend(prompts.prepare([row]))
+            except Exception as e:
+                made.append(RuntimeError(f"its prompt could not be made: {type(e).__name__}: {e}"))
+        return made
 
 
 class Streamer:
-    """The requests in the engine, and the windows they came from: each finished request's text
-    goes to its window's unit tracker; what a step finishes is journaled as one batch per window."""
+    """The requests in the engine, the rows queued for it, and the windows they came from: each
+    finished request's text goes to its window's unit tracker; what a step finishes is journaled
+    as one batch per window."""
 
     def __init__(self, task: EngineTask, writer: PartWriter, on_batch) -> None:
         self.prompts, self.engine = task.prompts, task.engine
         self.writer, self.on_batch = writer, on_batch
         self.stats = Throughput()
+        self._windows: dict[int, WindowRows] = {}
         self._trackers: dict[int, UnitTracker] = {}
         self._left: dict[int, int] = {}
+        self._queue: deque[tuple[int, int]] = deque()  # (window, position) not yet added
         self._requests: dict[str, tuple[int, int, int]] = {}  # id -> (window, position, tokens)
         self._journaled = 0
 
@@ -143,27 +138,56 @@ class Streamer:
     def in_flight(self) -> int:
         return len(self._requests)
 
-    def add(self, window: StreamWindow) -> None:
+    @property
+    def queued(self) -> int:
+        """Rows taken and not finished: in the engine, or waiting to go in."""
+        return len(self._requests) + len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        return self.queued == 0
+
+    def add(self, window: WindowRows) -> None:
+        """Take a window: its rows that cannot run are recorded, the others queued."""
         key = window.units[0]
-        tracker = self._trackers[key] = UnitTracker(window, window.errors)
-        self._left[key] = window.num_rows - len(window.errors)
-        if window.errors:
-            self._journal(key, sorted(window.errors))
+        errors = {p: row.error for p, row in enumerate(window.flat) if row.error}
+        self._windows[key] = window
+        tracker = self._trackers[key] = UnitTracker(window, errors)
+        self._left[key] = window.num_rows - len(errors)
+        if errors:
+            self._journal(key, sorted(errors))
         for result in tracker.done_already():
             self.writer.submit(result)
-        rejected = []
-        for pos, prompt in enumerate(window.prompts):
-            if pos in window.errors:
-                continue
-            request = f"{key}:{pos}"
-            try:
-                self.engine.add(request, prompt, self.prompts.sampling(window.flat[pos].index))
-            except RequestRejected as e:
-                tracker.errors[pos] = str(e)
-                rejected.append(pos)
-                continue
-            self._requests[request] = (key, pos, self.prompts.prompt_tokens(prompt))
-        self._finish(key, rejected)
+        self._queue.extend((key, p) for p in range(window.num_rows) if p not in errors)
+        self._finish(key, [])
+
+    def top_up(self, cap: int) -> None:
+        """Make prompts for queued rows and add them, until ``cap`` requests are in flight."""
+        while self._queue and self.in_flight < cap:
+            take = [
+                self._queue.popleft() for _ in range(min(cap - self.in_flight, len(self._queue)))
+            ]
+            rows = [self._windows[key].flat[pos] for key, pos in take]
+            failed: dict[int, list[int]] = {}
+            made = make_prompts(self.prompts, rows)
+            for (key, pos), row, prompt in zip(take, rows, made, strict=True):
+                failed_prompt = isinstance(prompt, Exception)
+                error = str(prompt) if failed_prompt else self._send(key, pos, row, prompt)
+                if error is not None:
+                    self._trackers[key].errors[pos] = error
+                    failed.setdefault(key, []).append(pos)
+            for key, positions in failed.items():
+                self._finish(key, positions)
+
+    def _send(self, key: int, pos: int, row: Any, prompt: Any) -> str | None:
+        """Add one request; the reason the engine refused it, if it did."""
+        request = f"{key}:{pos}"
+        try:
+            self.engine.add(request, prompt, self.prompts.sampling(row.index))
+        except RequestRejected as e:
+            return str(e)
+        self._requests[request] = (key, pos, self.prompts.prompt_tokens(prompt))
+        return None
 
     def step(self) -> None:
         began = time.perf_counter()
@@ -210,4 +234,4 @@ class Streamer:
 
     def _end(self, key: int) -> None:
         self.writer.end_window(key)
-        del self._trackers[key], self._left[key]
+        del self._trackers[key], self._left[key], self._windows[key]

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
-from ddpinfer.launch.stopping import PeerFailed
+from ddpinfer.launch.stopping import PeerFailed, Preempted, Reason
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def agreed(group: ProcessGroup, step: Callable[[], T]) -> T:
         result = step()
     except UserError as e:
         error, report = e, ("user", str(e))
+    except Preempted as e:  # a stop signal before any work: the others stop as preempted
+        error, report = e, ("stopped", f"was stopped: {e}")
     except Exception as e:
         error, report = e, ("unexpected", f"unexpected error: {type(e).__name__}: {e}")
     reports = group.all_gather_object(report)
@@ -124,6 +126,8 @@ def agreed(group: ProcessGroup, step: Callable[[], T]) -> T:
         rank, (kind, message) = failed[0]
         if kind == "user":
             raise PeerError(f"rank {rank} found a problem: {message}")
+        if kind == "stopped":
+            raise PeerFailed(f"rank {rank} {message}", Reason.PREEMPTED)
         raise PeerFailed(f"rank {rank} failed: {message}")
     return result  # type: ignore[return-value]
 

@@ -190,6 +190,12 @@ class RunLock:
         if self.lost is not None:
             raise self.lost
 
+    def abandon(self) -> None:
+        """Stop the heartbeat and leave the lock file: this job lost contact with its other
+        ranks, which may still be journaling their last batch under it. The next attempt takes
+        it over (its process is gone, or its heartbeat is older than run.dead_after_s)."""
+        self._stop.set()
+
     def release(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -39,9 +39,9 @@ class Watch:
         liveness = self.liveness
         if liveness is not None:
             if self.signals.received:  # torchrun's agent stops the others when a rank fails
-                liveness.poll_failures()
-                if liveness.failure_kind == "preempted":  # a signal to all: a preemption
-                    self.signals.check()
+                liveness.explain_signal()
+                if liveness.failure_kind is not None and liveness.failure_kind.is_stop:
+                    self.signals.check()  # a signal to all (a preemption, Ctrl-C): this one's
             liveness.check()
         self.signals.check()
         self._fence.check()

@@ -107,6 +107,10 @@ class VllmEngine:
             args["tensor_parallel_size"] = model.gpus_per_replica
         else:
             args["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * (1 << 30))
+            # A prompt whose prefill is cut into chunks has its sampled token thrown away and
+            # its seeded generator rewound, which a CPU generator cannot do ("CPU Generator does
+            # not use offset"): whole prefills, as many tokens a step as the longest prompt.
+            args["enable_chunked_prefill"] = False
         if images_per_prompt:
             args["limit_mm_per_prompt"] = {"image": images_per_prompt}
         args = {k: v for k, v in {**args, **settings.extra}.items() if v is not None}
