@@ -62,9 +62,9 @@ class UnitClaims:
     the ranks' measured speeds (inputs/s) as a ``RateSum``: this rank's own, their sum and
     how many ranks have measured one, which the store keeps in two counters, so a claim costs
     the same few store operations whatever the world size. A window takes
-    ``remaining × mine / sum(rates) / 2`` units, at most ``max_rows`` rows' worth and at least one; one unit while this rank has no rate of its own. Ranks that
-    read ``remaining`` at the same moment take their shares of it, which still hands out at
-    most half of what is left.
+    ``remaining × mine / sum(rates) / 2`` units, at most ``max_rows`` rows' worth and at least
+    one; one unit while this rank has no rate of its own. Ranks that read ``remaining`` at the
+    same moment take their shares of it, which still hands out at most half of what is left.
     """
 
     def __init__(
