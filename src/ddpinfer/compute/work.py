@@ -1,6 +1,6 @@
 """This rank's share of the work: windows of units claimed from the counter all ranks share (sized
-by each rank's published speed), and their rows read in one pass over the input, less those an
-earlier attempt finished."""
+by the sum of the ranks' published speeds), and their rows read from where each window starts,
+less those an earlier attempt finished."""
 
 from __future__ import annotations
 
@@ -68,9 +68,10 @@ def claims(plan: Plan, env: LaunchEnv, board: WorkBoard, window_rows: int) -> wo
 
 
 def rows_reader(plan: Plan) -> Callable[[list[int]], WindowRows]:
-    """The rows still to run of the given (ascending) units, read in one forward pass over the
-    input across calls; rows repeating an id marked bad."""
-    stream = RowStream(plan.spec)
+    """The rows still to run of the given (ascending) units, each window read from where it
+    starts (a seek, or a skip by row counts: rows between windows are not decoded); rows
+    repeating an id marked bad."""
+    stream = RowStream(plan.spec, plan.seek)
 
     def read(units: list[int]) -> WindowRows:
         ranges = [plan.units[u] for u in units]

@@ -22,6 +22,7 @@ from ddpinfer.errors import UserError
 from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
+from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
 from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
@@ -56,6 +57,8 @@ class Plan:
     rank 0 at the end."""
     done_rows: dict[int, frozenset[int]] = field(default_factory=dict)
     """For pending units an earlier attempt left half done: the rows it finished."""
+    seek: SeekIndex | None = None
+    """Where each unit starts in a JSON Lines or text input: ranks seek to their windows."""
 
 
 def input_spec(cfg: Config) -> inputs.InputSpec:
@@ -168,6 +171,7 @@ def _plan_on_main(
         # for nodes without rank 0's run directory, to check the parts they hold against
         "fingerprint": new if remote_nodes else None,
         "started_fresh": started_fresh,
+        "seek": scan.seek.at_rows([u.start for u in units]) if scan.seek else None,
     }
 
 
@@ -238,6 +242,7 @@ def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -
         shares,
         send_later,
         {unit: frozenset(rows) for unit, rows in done_rows.items()},
+        plan["seek"],
     )
 
 
