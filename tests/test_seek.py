@@ -31,7 +31,8 @@ def write_inputs(folder, fmt):
             lines = ["text,uid"] + [f'"{t}\nmore",u{k}-{i}' for i, t in enumerate(texts)]
         else:
             lines = texts
-        lines = [line + ("\n\n" if i % 7 == 3 and fmt != "csv" else "\n") for i, line in enumerate(lines)]
+        blank = fmt != "csv"
+        lines = [x + ("\n\n" if i % 7 == 3 and blank else "\n") for i, x in enumerate(lines)]
         (folder / f"in{k}.{fmt}").write_bytes(b"\xef\xbb\xbf" + "".join(lines).encode())
     return open_spec(str(folder / f"in*.{fmt}"), "auto", "text", None if fmt == "text" else "uid")
 
