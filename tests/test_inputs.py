@@ -91,7 +91,7 @@ def test_missing_file_and_unknown_suffix(tmp_path):
 
 
 def test_row_stream_reads_ascending_windows_in_one_pass(tmp_path):
-    from ddpinfer.inputs.readers import RowStream
+    from ddpinfer.inputs import RowStream
 
     p = tmp_path / "in.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))

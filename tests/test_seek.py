@@ -8,7 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import ddpinfer.inputs.readers as readers
-from ddpinfer.inputs.readers import RowStream, open_spec, read_rows
+import ddpinfer.inputs.row_stream as row_stream
+from ddpinfer.inputs.readers import open_spec, read_rows
+from ddpinfer.inputs.row_stream import RowStream
 from ddpinfer.inputs.scan import scan
 from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.plan.work_units import plan_units
@@ -47,6 +49,7 @@ def decoded(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(readers, "make_row", counting)
+    monkeypatch.setattr(row_stream, "make_row", counting)
     return count
 
 

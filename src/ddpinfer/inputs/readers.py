@@ -205,7 +205,7 @@ def _columnar_rows(spec: InputSpec, rows: range) -> Iterator[Row]:
     for file in spec.files:
         if first >= rows.stop:
             return
-        size = _num_rows(spec.format, file)
+        size = num_rows(spec.format, file)
         if first + size > rows.start:
             skip = max(0, rows.start - first)
             for offset, record in _columnar_records(spec, file, skip, rows.stop - first):
@@ -273,7 +273,7 @@ def unreadable(path: Path, error: Exception) -> InputError:
     )
 
 
-def _num_rows(fmt: str, path: Path) -> int:
+def num_rows(fmt: str, path: Path) -> int:
     """From the Parquet footer, or the Arrow stream's batch headers (memory-mapped: no data
     is read)."""
     import pyarrow as pa
@@ -473,36 +473,3 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
             "Parquet, datasets and the part files cannot hold. HINT: write such ids as strings."
         )
     return value
-
-
-class RowStream:
-    """A rank's ascending windows of rows, each read without decoding the rows between them.
-
-    JSON Lines and text files seek to the point at or before a window (``seek``, from the
-    plan) when it lies past where the last window stopped; CSV (which has no seek points)
-    reads on from there, passing over the rows between without decoding them. Parquet and
-    Arrow skip to each window by their row counts."""
-
-    def __init__(self, spec: InputSpec, seek: SeekIndex | None = None) -> None:
-        self.spec = spec
-        self.seek = seek
-        self._records: Iterator[LineRecord] | None = None
-        self._next = 0
-
-    def read(self, rows: range) -> Iterator[Row]:
-        """The rows in ``rows``; any window may come, ascending ones cost least."""
-        if self.spec.format in COLUMNAR:
-            yield from read_rows(self.spec, rows)
-            return
-        if self._records is None or rows.start < self._next or self._seek_helps(rows.start):
-            self._records = line_records(self.spec, rows.start, self.seek)
-        for record in self._records:
-            self._next = record.row + 1
-            if record.row >= rows.start:
-                yield record.make(self.spec)
-            if self._next >= rows.stop:
-                return
-
-    def _seek_helps(self, start: int) -> bool:
-        point = self.seek.before(start) if self.seek is not None else None
-        return point is not None and point.row > self._next
