@@ -173,7 +173,7 @@ def _run(
         log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
     clock.lap("startup")
     watch.phase("preflight")
-    plan = preflight(cfg, env, group, run_dir)
+    plan = preflight(cfg, env, group, run_dir, watch.check_stop)
     watch.guard_writes(plan.shares[env.rank])
     clock.lap("preflight")
     task = agreed(group, lambda: build_task(cfg, device, env) if plan.pending else None)

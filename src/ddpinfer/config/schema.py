@@ -204,6 +204,8 @@ class FaultConfig:
     on fault.attempt's attempt."""
     slow_rank: int | None = None
     """Only this rank sleeps fault.delay_s. Unset: every rank does."""
+    scan_delay_s: float = 0.0
+    """Rank 0 sleeps this long before its preflight scan (a scan of a very large input)."""
 
     def __post_init__(self) -> None:
         check_choice("fault.kind", self.kind, FAULT_KINDS)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ddpinfer import faults
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
@@ -24,6 +26,7 @@ from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
+from ddpinfer.launch.store_wait import after_every_rank
 from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
@@ -118,6 +121,7 @@ def _plan_on_main(
     cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
 ) -> dict:
     started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
+    faults.before_scan(cfg.fault, env.attempt)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
     earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
@@ -205,7 +209,14 @@ def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) 
         )
 
 
-def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -> Plan:
+def preflight(
+    cfg: Config,
+    env: LaunchEnv,
+    group: ProcessGroup,
+    run_dir: Path,
+    check_stop: Callable[[], None] = lambda: None,
+) -> Plan:
+    """``check_stop`` raises the reason to stop (a dead rank) while ranks wait for the scan."""
     spec, output = agreed(group, lambda: _local_checks(cfg, env, run_dir))
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
 
@@ -214,7 +225,9 @@ def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -
             return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
         return input_scan.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
 
-    mine = agreed(group, plan_or_digest)
+    # The others wait for rank 0's scan on the store, as long as it is alive: not in a
+    # collective, which gives up after run.timeout_s however long the scan needs.
+    mine = agreed(group, lambda: after_every_rank(env, "scanned", plan_or_digest, check_stop))
     plan = group.broadcast_object(mine if env.is_main else None)
     if env.is_distributed:
         digest = plan["inputs_digest"]
