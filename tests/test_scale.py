@@ -10,3 +10,27 @@ def test_a_scan_longer_than_the_collective_timeout_does_not_fail_the_job(tmp_pat
     slow_scan = ["run.timeout_s=5", "fault.scan_delay_s=12"]
     check(launch([*args, *slow_scan], nproc=2, cwd=tmp_path, timeout=600))
     assert_complete(tmp_path, 12)
+
+
+def test_the_scan_is_reused_until_an_input_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from helpers import write_jsonl
+
+    from ddpinfer.inputs import scan_cache
+    from ddpinfer.inputs.readers import open_spec
+
+    data = write_jsonl(tmp_path / "in.jsonl", [f"text {i}" for i in range(100)])
+    spec = open_spec(str(data), "auto", "text", "uid")
+    real, scans = scan_cache.scan, []
+    monkeypatch.setattr(scan_cache, "scan", lambda *a: scans.append(a) or real(*a))
+    first = scan_cache.cached_scan(spec, 8, tmp_path)
+    again = scan_cache.cached_scan(spec, 8, tmp_path)
+    assert len(scans) == 1 and again.digest == first.digest and again.num_rows == 100
+    assert again.seek is not None and len(again.seek) == len(first.seek)
+    scan_cache.cached_scan(open_spec(str(data), "auto", "text", None), 8, tmp_path)
+    assert len(scans) == 2  # another id field: scanned again
+    with open(data, "a") as f:  # appended rows
+        f.write('{"uid": "doc-100", "text": "one more"}\n')
+    os.utime(data, ns=(0, os.stat(data).st_mtime_ns + 1))
+    assert scan_cache.cached_scan(spec, 8, tmp_path).num_rows == 101 and len(scans) == 3

@@ -24,6 +24,7 @@ from ddpinfer.errors import UserError
 from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
+from ddpinfer.inputs.scan_cache import cached_scan
 from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
 from ddpinfer.launch.store_wait import after_every_rank
@@ -125,8 +126,8 @@ def _plan_on_main(
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
     earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
-    scan = input_scan.scan(
-        spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS)
+    scan = cached_scan(
+        spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS), run_dir
     )
     if spec.skip_bad:
         check_bad_share(scan, cfg.data.max_bad, spec.source)
