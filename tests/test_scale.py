@@ -34,3 +34,25 @@ def test_the_scan_is_reused_until_an_input_file_changes(tmp_path, monkeypatch):
         f.write('{"uid": "doc-100", "text": "one more"}\n')
     os.utime(data, ns=(0, os.stat(data).st_mtime_ns + 1))
     assert scan_cache.cached_scan(spec, 8, tmp_path).num_rows == 101 and len(scans) == 3
+
+
+def test_a_rerun_of_a_finished_job_with_its_output_intact_does_not_merge_again(
+    tmp_path, bert_embedder, monkeypatch
+):
+    from helpers import run_in_process
+
+    import ddpinfer.runner as runner
+
+    args = resumable_job(tmp_path, bert_embedder, 12)
+    run_in_process(args, cwd=tmp_path)
+    out = tmp_path / "out.jsonl"
+    written = out.read_bytes()
+    merges = []
+    real = runner.merge_parts
+    monkeypatch.setattr(runner, "merge_parts", lambda *a: merges.append(a) or real(*a))
+    run_in_process(args, cwd=tmp_path)
+    assert merges == [] and out.read_bytes() == written
+    out.write_bytes(written[:-10])  # cut short: merged again
+    run_in_process(args, cwd=tmp_path)
+    assert len(merges) == 1 and out.read_bytes() == written
+    assert_complete(tmp_path, 12)
