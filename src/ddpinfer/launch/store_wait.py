@@ -10,6 +10,7 @@ the liveness watch (heartbeats, ``launch/liveness.py``) is what finds a dead or 
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,6 +21,9 @@ from ddpinfer.launch.process_group import connect_store
 T = TypeVar("T")
 
 POLL_S = 0.5
+_calls = itertools.count()
+"""Every rank makes the same calls in the same order: the n-th has its own counter (a sweep
+runs several jobs in one process)."""
 
 
 def after_every_rank(
@@ -31,11 +35,12 @@ def after_every_rank(
     if not env.is_distributed:
         return step()
     store = connect_store(env, datetime.timedelta(seconds=60), "ready")
+    key = f"{name}/{next(_calls)}"
     try:
         return step()
     finally:
-        done = store.add(name, 1)
+        done = store.add(key, 1)
         while done < env.world_size:
             time.sleep(POLL_S)
             check_stop()
-            done = store.add(name, 0)
+            done = store.add(key, 0)
