@@ -200,6 +200,17 @@ def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:
     return not env.is_main and env.local_rank == 0 and env.node_rank != 0 and shared_fs != "true"
 
 
+def _file_ids(spec: inputs.InputSpec) -> list[tuple[str, int, int, int]]:
+    """The input files as a filesystem names them: path, size, mtime and inode. Equal on two
+    nodes that share rank 0's run directory, they are one file on a shared filesystem (a
+    copy has another inode, and rarely the same mtime to the nanosecond)."""
+    ids = []
+    for path in spec.files:
+        info = path.stat()
+        ids.append((str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino))
+    return ids
+
+
 def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) -> None:
     if mine != rank0s:
         raise inputs.InputError(
@@ -220,11 +231,21 @@ def preflight(
     """``check_stop`` raises the reason to stop (a dead rank) while ranks wait for the scan."""
     spec, output = agreed(group, lambda: _local_checks(cfg, env, run_dir))
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+    own_copy = _checks_own_copy(env, cfg.output.shared_fs)
+    if cfg.output.shared_fs == "auto" and env.is_distributed:
+        rank0s = group.broadcast_object(_file_ids(spec) if env.is_main else None)
+        if own_copy and shares[env.rank] and _file_ids(spec) == rank0s:
+            own_copy = False  # probed: the very files rank 0 scans, on a shared filesystem
+            log.info(
+                "node %d reads rank 0's own copy of data.path (a shared filesystem): not "
+                "scanned again",
+                env.node_rank,
+            )
 
     def plan_or_digest() -> dict | str | None:
         if env.is_main:
             return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
-        return input_scan.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
+        return input_scan.scan(spec).digest if own_copy else None
 
     # The others wait for rank 0's scan on the store, as long as it is alive: not in a
     # collective, which gives up after run.timeout_s however long the scan needs.
