@@ -33,7 +33,7 @@ from bench_read_amplification import one_rank  # noqa: E402
 from ddpinfer.inputs.readers import open_spec  # noqa: E402
 from ddpinfer.inputs.row_stream import RowStream  # noqa: E402
 from ddpinfer.inputs.scan import scan  # noqa: E402
-from ddpinfer.inputs.scan_cache import cached_scan  # noqa: E402
+from ddpinfer.inputs.scan_cache import cached_scan, store  # noqa: E402
 from ddpinfer.plan.work_units import auto_unit_size, plan_units  # noqa: E402
 
 TARGET_ROWS, TARGET_RANKS = 10**9, 1000
@@ -80,8 +80,9 @@ def main() -> None:
     spec = open_spec(str(data), "auto", "text", "id")
     unit = auto_unit_size(args.rows)
     found, scan_s = timed(lambda: scan(spec, 64))
-    cached_scan(spec, 64, tmp)
-    _, cached_s = timed(lambda: cached_scan(spec, 64, tmp))
+    store(spec, tmp, found)
+    (_, scanned), cached_s = timed(lambda: cached_scan(spec, 64, tmp))
+    assert not scanned
     units = plan_units(found.num_rows, unit)
     seek = found.seek.at_rows([u.start for u in units])
     amplification, read_s = one_rank(lambda: RowStream(spec, seek), units, 100)

@@ -24,16 +24,23 @@ def test_the_scan_is_reused_until_an_input_file_changes(tmp_path, monkeypatch):
     spec = open_spec(str(data), "auto", "text", "uid")
     real, scans = scan_cache.scan, []
     monkeypatch.setattr(scan_cache, "scan", lambda *a: scans.append(a) or real(*a))
-    first = scan_cache.cached_scan(spec, 8, tmp_path)
-    again = scan_cache.cached_scan(spec, 8, tmp_path)
+
+    def cached_scan(spec):
+        result, scanned = scan_cache.cached_scan(spec, 8, tmp_path)
+        if scanned:
+            scan_cache.store(spec, tmp_path, result)
+        return result
+
+    first = cached_scan(spec)
+    again = cached_scan(spec)
     assert len(scans) == 1 and again.digest == first.digest and again.num_rows == 100
     assert again.seek is not None and len(again.seek) == len(first.seek)
-    scan_cache.cached_scan(open_spec(str(data), "auto", "text", None), 8, tmp_path)
+    cached_scan(open_spec(str(data), "auto", "text", None))
     assert len(scans) == 2  # another id field: scanned again
     with open(data, "a") as f:  # appended rows
         f.write('{"uid": "doc-100", "text": "one more"}\n')
     os.utime(data, ns=(0, os.stat(data).st_mtime_ns + 1))
-    assert scan_cache.cached_scan(spec, 8, tmp_path).num_rows == 101 and len(scans) == 3
+    assert cached_scan(spec).num_rows == 101 and len(scans) == 3
 
 
 def test_a_rerun_of_a_finished_job_with_its_output_intact_does_not_merge_again(

@@ -24,21 +24,25 @@ VERSION = 1
 """Raised when what a scan records changes, so that an older cache is not read."""
 
 
-def cached_scan(spec: InputSpec, block_rows: int, run_dir: Path) -> InputScan:
+def cached_scan(spec: InputSpec, block_rows: int, run_dir: Path) -> tuple[InputScan, bool]:
     """``scan(spec, block_rows)``, from the run directory's cache when the inputs and settings
-    are those it was stored for."""
+    are those it was stored for; and whether it was scanned now (then ``store`` it once the
+    run directory is accepted: a refused run leaves it as it was)."""
     key = scan_key(spec, block_rows)
-    path = run_dir / CACHE_NAME
     if key is not None:
-        stored = _load(path)
+        stored = _load(run_dir / CACHE_NAME)
         if stored is not None and stored[0] == key:
-            log.info("inputs unchanged since the last scan (%s): not read again", path.name)
-            return stored[1]
-    result = scan(spec, block_rows)
+            log.info("inputs unchanged since the last scan (%s): not read again", CACHE_NAME)
+            return stored[1], False
+    return scan(spec, block_rows), True
+
+
+def store(spec: InputSpec, run_dir: Path, result: InputScan) -> None:
+    """Keep ``result`` in the run directory for the next run of it."""
+    key = scan_key(spec, result.block_rows)
     if key is not None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(run_dir / CACHE_NAME) as tmp, open(tmp, "wb") as f:
             pickle.dump((key, result), f, protocol=pickle.HIGHEST_PROTOCOL)
-    return result
 
 
 def scan_key(spec: InputSpec, block_rows: int) -> tuple | None:

@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 from ddpinfer import faults
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
+from ddpinfer.inputs import SAMPLE_DATA, check_bad_share, scan_cache
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
-from ddpinfer.inputs.scan_cache import cached_scan
 from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
 from ddpinfer.launch.store_wait import after_every_rank
@@ -126,7 +125,7 @@ def _plan_on_main(
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
     earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
-    scan = cached_scan(
+    scan, scanned = scan_cache.cached_scan(
         spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS), run_dir
     )
     if spec.skip_bad:
@@ -136,6 +135,8 @@ def _plan_on_main(
     )
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
     resumed, files = finished.reconcile(run_dir, new, unit_size)
+    if scanned:
+        scan_cache.store(spec, run_dir, scan)
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     units = work_units.plan_units(scan.num_rows, unit_size)
