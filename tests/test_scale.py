@@ -63,3 +63,18 @@ def test_a_rerun_of_a_finished_job_with_its_output_intact_does_not_merge_again(
     run_in_process(args, cwd=tmp_path)
     assert len(merges) == 1 and out.read_bytes() == written
     assert_complete(tmp_path, 12)
+
+
+def test_a_refused_run_leaves_the_scan_cache_as_it_was(tmp_path, bert_embedder):
+    import pytest
+    from helpers import run_in_process
+
+    from ddpinfer.errors import UserError
+
+    args = resumable_job(tmp_path, bert_embedder, 12)
+    run_in_process(args, cwd=tmp_path)
+    cache = tmp_path / "runs" / "job" / "scan.pickle"
+    kept = cache.read_bytes()
+    with pytest.raises(UserError, match="unit"):
+        run_in_process([*args, "data.unit_size=3"], cwd=tmp_path)
+    assert cache.read_bytes() == kept
