@@ -91,7 +91,7 @@ def test_missing_file_and_unknown_suffix(tmp_path):
 
 
 def test_row_stream_reads_ascending_windows_in_one_pass(tmp_path):
-    from ddpinfer.inputs.readers import RowStream
+    from ddpinfer.inputs import RowStream
 
     p = tmp_path / "in.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
@@ -190,7 +190,7 @@ def test_parquet_glob_skips_whole_files_before_the_range(tmp_path, monkeypatch):
     monkeypatch.setattr(
         inputs_module,
         "_columnar_records",
-        lambda spec, path, skip: opened.append(path.name) or real(spec, path, skip),
+        lambda spec, path, *skip: opened.append(path.name) or real(spec, path, *skip),
     )
     assert records_read(spec, range(9, 10)) == [(9, "u9", "t9", "p2.parquet (row 1)")]
     assert opened == ["p2.parquet"]  # p0 and p1 are passed over by their row counts

@@ -105,3 +105,22 @@ def test_a_failing_rank_fails_the_job(tmp_path, base_args):
     assert result.returncode != 0
     assert "injected fault on rank 1" in result.stderr + result.stdout
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_node_on_rank_0s_shared_filesystem_does_not_scan_the_input_again(tmp_path, base_args):
+    # both "nodes" run in tmp_path: one filesystem, one run directory, one input file
+    port = free_port()
+    args = [*base_args, "run.dir=run", "output.path=out.jsonl"]
+    procs = [
+        start(torchrun_cmd(args, 1, *two_node_rendezvous(port, "shared")), tmp_path,
+              tmp_path / f"node{node}.log")
+        for node in (0, 1)
+    ]  # fmt: skip
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = "\n".join((tmp_path / f"node{n}.log").read_text() for n in (0, 1))
+    assert codes == [0, 0], logs
+    assert (
+        "node 1 reads rank 0's own copy of data.path (a shared filesystem)"
+        in (tmp_path / "run" / "logs" / "rank1.log").read_text()
+    )
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == len(TEXTS)

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ddpinfer.plan.work_units import (
+    RateSum,
     UnitClaims,
     auto_unit_size,
     local_counter,
@@ -17,12 +18,18 @@ def even(world_size):
     return lambda: [1.0] * world_size
 
 
+def seen_by(rank, rates):
+    """What ``rank`` reads of the ranks' ``rates()`` (a list by rank) when it claims."""
+    return lambda: RateSum.of(rates(), rank)
+
+
 def claim_all(pending, unit_size, world_size, max_rows, ranks_in_turn, rates=None):
     """Windows claimed by ranks taking turns as given, from one shared counter."""
     counter = local_counter()
     rates = rates or even(world_size)
     claims = [
-        UnitClaims(pending, unit_size, r, max_rows, counter, rates) for r in range(world_size)
+        UnitClaims(pending, unit_size, r, max_rows, counter, seen_by(r, rates))
+        for r in range(world_size)
     ]
     windows = {r: [] for r in set(ranks_in_turn)}
     for r in ranks_in_turn:
@@ -69,7 +76,7 @@ def test_concurrent_claims_from_threads_never_overlap():
     got: list[list[int]] = [[] for _ in range(4)]
 
     def worker(rank):
-        claims = UnitClaims(pending, 64, rank, 4096, add, even(4))
+        claims = UnitClaims(pending, 64, rank, 4096, add, seen_by(rank, even(4)))
         while window := claims.next():
             got[rank].extend(window)
 

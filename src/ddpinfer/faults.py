@@ -35,6 +35,13 @@ def at_finish(fault: FaultConfig, rank: int, attempt: int) -> None:
         _fail(fault.kind, rank, "after its work, before the part transfer")
 
 
+def before_scan(fault: FaultConfig, attempt: int) -> None:
+    """Before rank 0's preflight scan: a slow scan (a very large input), on fault.attempt's
+    attempt."""
+    if fault.scan_delay_s and fault.attempt in (None, attempt):
+        time.sleep(fault.scan_delay_s)
+
+
 def for_attempt(fault: FaultConfig, attempt: int) -> FaultConfig:
     """This attempt's faults: ``fault.delay_s`` slows fault.attempt's attempt only (every attempt
     when unset), so the resumed run of a test that was slowed down to be stopped runs at speed."""

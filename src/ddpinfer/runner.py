@@ -57,6 +57,7 @@ from ddpinfer.results import (
     collect_parts,
     manifest,
     merge_parts,
+    rerun,
     save_merge_stats,
     save_rank_stats,
     summary,
@@ -179,7 +180,7 @@ def _run(
         log.info("run directory %s; %d rank(s) on %s", run_dir, env.world_size, device.type)
     clock.lap("startup")
     watch.phase("preflight")
-    plan = preflight(cfg, env, group, run_dir)
+    plan = preflight(cfg, env, group, run_dir, watch.check_stop)
     watch.guard_writes(plan.shares[env.rank])
     clock.lap("preflight")
     task = agreed(group, lambda: build_task(cfg, device, env) if plan.pending else None)
@@ -196,12 +197,26 @@ def _run(
     watch.phase("transfer")
     collect_parts(group, run_dir, [*plan.send_later, *written], plan.shares)
     if env.is_main:
-        watch.phase("merge")
-        merged = _merge(run_dir, plan, record["seconds"], watch.fence)
-        clock.lap("merge")
+        carried = rerun.intact_output(run_dir, plan.output.files) if _all_done(plan) else None
+        if carried is None:
+            watch.phase("merge")
+            merged = _merge(run_dir, plan, record["seconds"], watch.fence)
+            clock.lap("merge")
+            carried = {"rows": merged.written, "errors": merged.errors}
+        else:
+            log.info(
+                "done already: no work was left and %s is as the last attempt wrote it: not "
+                "merged again (run.fresh=true recomputes everything)",
+                plan.output.path,
+            )
         watch.fence()
-        _finish(cfg, env, clock, ranks, run_dir, plan, merged, task)
+        _finish(cfg, env, clock, ranks, run_dir, plan, carried, task)
     return RunResult(run_dir, plan.output.path if env.is_main else None, written)
+
+
+def _all_done(plan: Plan) -> bool:
+    """No unit left to compute and every part in rank 0's run directory."""
+    return not plan.pending and all(plan.shares)
 
 
 def _infer(cfg: Config, env, device, run_dir: Path, plan: Plan, task, watch: Watch):
@@ -241,10 +256,12 @@ def _finish(
     ranks: list,
     run_dir: Path,
     plan: Plan,
-    merged: MergeSummary,
+    output: dict,
     task,
 ) -> None:
-    """Rank 0: the summary table on the console and this attempt's entry in manifest.json."""
+    """Rank 0: the summary table on the console and this attempt's entry in manifest.json.
+    ``output``: the rows and errors written (and the sha256, when carried from the attempt
+    that wrote it)."""
     log.info("summary (this attempt):\n%s", summary.table(ranks))
     entry = manifest.attempt(
         cfg=cfg,
@@ -254,10 +271,10 @@ def _finish(
         model=manifest.model_identity(model_path(cfg), getattr(task, "model", None)),
         run_dir=run_dir,
         output={
+            **output,
             "path": str(plan.output.path),
             "format": plan.output.format,
-            "rows": merged.written,
-            "errors": merged.errors,
+            "state": rerun.output_state(run_dir, plan.output.files),
         },
     )
     log.info("manifest: %s", manifest.append_attempt(run_dir, entry))

@@ -208,6 +208,8 @@ class FaultConfig:
     """While this file exists, each batch waits before it starts (on fault.attempt's attempt):
     a test holds a run where it wants it, lock and heartbeats alive, and lets it go by deleting
     the file. Each rank logs once that it holds ("rank R holds before its batch B")."""
+    scan_delay_s: float = 0.0
+    """Rank 0 sleeps this long before its preflight scan (a scan of a very large input)."""
 
     def __post_init__(self) -> None:
         check_choice("fault.kind", self.kind, FAULT_KINDS)

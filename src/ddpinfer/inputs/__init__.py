@@ -3,7 +3,8 @@ preflight scan with its content digests, image paths, and how many bad records a
 
 from ddpinfer.inputs.bad_records import check_bad_share
 from ddpinfer.inputs.files import SAMPLE_DATA
-from ddpinfer.inputs.readers import FieldCheck, InputSpec, Row, RowStream, open_spec
+from ddpinfer.inputs.readers import FieldCheck, InputSpec, Row, open_spec
+from ddpinfer.inputs.row_stream import RowStream
 from ddpinfer.inputs.scan import InputScan
 
 __all__ = [

@@ -17,10 +17,11 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ddpinfer.errors import InputError
 from ddpinfer.inputs.files import find_input_files
+from ddpinfer.inputs.seek import SeekIndex, SeekPoint
 
 Id = str | int
 
@@ -138,54 +139,109 @@ def first_record_fields(path: Path, fmt: str) -> list[str]:
     return []
 
 
-def read_rows(spec: InputSpec, rows: range | None = None) -> Iterator[Row]:
+def read_rows(
+    spec: InputSpec,
+    rows: range | None = None,
+    seek: SeekIndex | None = None,
+    index: SeekIndex | None = None,
+) -> Iterator[Row]:
     """Yield the inputs whose row index is in ``rows`` (contiguous; all when None), in order.
-    Parquet and Arrow files and batches before the range are skipped by their row counts,
-    without decoding them."""
+    Rows before the range are not decoded: Parquet and Arrow files and batches are skipped by
+    their row counts, JSON Lines and text from the ``seek`` point at or before the range's
+    start on by their lines. ``index``: notes seek points in it on the way (the scan)."""
     rows = rows if rows is not None else range(2**62)
+    if spec.format in COLUMNAR:
+        yield from _columnar_rows(spec, rows)
+        return
+    for record in line_records(spec, rows.start, seek, index):
+        if record.row >= rows.stop:
+            return
+        if record.row >= rows.start:
+            yield record.make(spec)
+
+
+class LineRecord(NamedTuple):
+    """One record of a CSV, JSON Lines or text file, not decoded yet."""
+
+    file: Path
+    row: int
+    line: int
+    raw: bytes | dict
+    text_line: int
+    """Its 0-based line across the input's files (a plain text input's id)."""
+
+    def make(self, spec: InputSpec) -> Row:
+        return make_row(spec, self.file, self.row, self.line, self.raw, self.text_line)
+
+
+def line_records(
+    spec: InputSpec,
+    start: int = 0,
+    seek: SeekIndex | None = None,
+    index: SeekIndex | None = None,
+) -> Iterator[LineRecord]:
+    """The records of a line-based input, from the ``seek`` point at or before row ``start``
+    on (from the first row without one); ``index`` notes seek points on the way."""
+    point = (seek.before(start) if seek is not None else None) or SeekPoint(0, 0, 0, 0, 0)
+    first, lines_before = point.row, point.lines_before
+    for k in range(point.file, len(spec.files)):
+        file, counted, at = spec.files[k], [0], [0]
+        if spec.format == "csv":
+            records: Iterator[tuple[int, Any]] = _csv_records(file)
+        else:
+            begin = (point.offset, point.line) if k == point.file else (0, 0)
+            records = nonblank_lines(file, counted, begin, at)
+        row = first
+        for line, raw in records:
+            if index is not None and index.wants(row) and spec.format != "csv":
+                index.add(row, k, at[0], line - 1, lines_before)
+            yield LineRecord(file, row, line, raw, lines_before + line - 1)
+            row += 1
+        first, lines_before = row, lines_before + counted[0]
+
+
+def _columnar_rows(spec: InputSpec, rows: range) -> Iterator[Row]:
     first = 0  # the row of the file's first record: rows count on across files
-    lines_before = 0  # plain text: ids are line numbers, counted on across files too
     for file in spec.files:
         if first >= rows.stop:
             return
-        if spec.format in COLUMNAR:
-            size = _num_rows(spec.format, file)
-            if first + size > rows.start:
-                skip = max(0, rows.start - first)
-                for offset, record in _columnar_records(spec, file, skip):
-                    if first + offset >= rows.stop:
-                        return
-                    yield make_row(spec, file, first + offset, f"row {offset}", record)
-            first += size
-            continue
-        index, counted = first, [0]
-        records = _csv_records(file) if spec.format == "csv" else nonblank_lines(file, counted)
-        for line, raw in records:
-            if index >= rows.stop:
-                return
-            if index >= rows.start:
-                yield make_row(spec, file, index, line, raw, lines_before + line - 1)
-            index += 1
-        first, lines_before = index, lines_before + counted[0]
+        size = num_rows(spec.format, file)
+        if first + size > rows.start:
+            skip = max(0, rows.start - first)
+            for offset, record in _columnar_records(spec, file, skip, rows.stop - first):
+                yield make_row(spec, file, first + offset, f"row {offset}", record)
+        first += size
 
 
 BOM = b"\xef\xbb\xbf"
 """The UTF-8 byte-order mark some editors (Excel, Notepad) put at the start of a file."""
 
 
-def nonblank_lines(path: Path, counted: list[int] | None = None) -> Iterator[tuple[int, bytes]]:
+def nonblank_lines(
+    path: Path,
+    counted: list[int] | None = None,
+    begin: tuple[int, int] = (0, 0),
+    at: list[int] | None = None,
+) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines as bytes, with 1-based line numbers (a byte-order mark before the first
     left out); decoded per line so that one undecodable line is one bad record, not an
     unreadable file. ``counted[0]`` becomes the file's number of lines, blank ones included,
-    once every line is read."""
+    once every line is read. ``begin``: the byte offset to start at and the lines before it;
+    ``at[0]``: the byte offset of the line last yielded."""
+    offset, before = begin
+    line_no = before
     try:
         with open(path, "rb") as f:
-            line_no = 0
-            for line_no, line in enumerate(f, start=1):
+            f.seek(offset)
+            for line_no, line in enumerate(f, start=before + 1):
+                size = len(line)
                 if line_no == 1 and line.startswith(BOM):
                     line = line[len(BOM) :]
                 if line.strip():
+                    if at is not None:
+                        at[0] = offset
                     yield line_no, line
+                offset += size
             if counted is not None:
                 counted[0] = line_no
     except OSError as e:
@@ -217,7 +273,7 @@ def unreadable(path: Path, error: Exception) -> InputError:
     )
 
 
-def _num_rows(fmt: str, path: Path) -> int:
+def num_rows(fmt: str, path: Path) -> int:
     """From the Parquet footer, or the Arrow stream's batch headers (memory-mapped: no data
     is read)."""
     import pyarrow as pa
@@ -286,13 +342,17 @@ def _selected(
         index += batch.num_rows
 
 
-def _columnar_records(spec: InputSpec, path: Path, skip: int) -> Iterator[tuple[int, dict]]:
-    """The records of a Parquet or Arrow file from its ``skip``-th row on, as (row in the
-    file, record)."""
+def _columnar_records(
+    spec: InputSpec, path: Path, skip: int, stop: int = 2**62
+) -> Iterator[tuple[int, dict]]:
+    """The records of a Parquet or Arrow file from its ``skip``-th row to before its
+    ``stop``-th, as (row in the file, record); only those rows are decoded into records."""
     for start, batch in column_batches(spec, path, skip):
-        for offset, record in enumerate(batch.to_pylist()):
-            if start + offset >= skip:
-                yield start + offset, record
+        if start >= stop:
+            return
+        begin = max(0, skip - start)
+        part = batch.slice(begin, stop - start - begin)
+        yield from enumerate(part.to_pylist(), start + begin)
 
 
 def _row_groups_from(metadata: Any, skip: int) -> tuple[list[int], int]:
@@ -413,24 +473,3 @@ def _record_id(spec: InputSpec, at: str, index: int, record: dict) -> Id:
             "Parquet, datasets and the part files cannot hold. HINT: write such ids as strings."
         )
     return value
-
-
-class RowStream:
-    """One forward pass over the inputs for a rank's ascending windows of rows: each call reads
-    on from where the last stopped, so a rank reads the file once, not once per window."""
-
-    def __init__(self, spec: InputSpec) -> None:
-        self.spec = spec
-        self._rows: Iterator[Row] | None = None
-        self._next = 0
-
-    def read(self, rows: range) -> Iterator[Row]:
-        """The rows in ``rows``, which must start at or after the end of the previous call's."""
-        if self._rows is None or rows.start < self._next:
-            self._rows, self._next = read_rows(self.spec, range(rows.start, 2**62)), rows.start
-        for row in self._rows:
-            self._next = row.index + 1
-            if row.index >= rows.start:
-                yield row
-            if self._next >= rows.stop:
-                return

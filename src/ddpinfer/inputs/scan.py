@@ -41,11 +41,14 @@ from ddpinfer.inputs.readers import (
     nonblank_lines,
     read_rows,
 )
+from ddpinfer.inputs.seek import SeekIndex
 
 BLOCK_ROWS = 64
 """Rows per content-hash block when data.unit_size is unset: automatic unit sizes are multiples
 of it, so a unit's digest is made of whole blocks."""
 BATCH_ROWS = 4096
+LINE_FORMATS = ("jsonl", "text")
+"""Formats whose rows a rank finds by seek points (CSV's quoted newlines rule them out)."""
 
 
 @dataclass
@@ -68,6 +71,8 @@ class InputScan:
     """The first full message of each kind of bad record."""
     blank_lines: int = 0
     """Plain text: blank lines before the last input (no inputs; ids are line numbers)."""
+    seek: SeekIndex | None = None
+    """Where every ``block_rows``-th row starts (JSON Lines and text; None for the others)."""
 
 
 def bad_reason(message: str) -> str:
@@ -99,8 +104,9 @@ def scan(
     path (what it is checked and measured against)."""
     digests = RowDigests([str(f) for f in spec.files], block_rows)
     tally = _Tally(spec)
+    seek = SeekIndex(block_rows) if spec.format in LINE_FORMATS else None
     num_rows, last_id = 0, -1
-    for batch in _batches(spec, fast=not record_by_record):
+    for batch in _batches(spec, not record_by_record, seek):
         # Tallied first: a row's digest covers whether it repeats an id seen before it, so a
         # resume recomputes a row that became (or stopped being) a repeat through an edit
         # elsewhere, not only rows whose own content changed.
@@ -126,6 +132,7 @@ def scan(
         tally.reasons,
         tally.examples,
         blank,
+        seek,
     )
 
 
@@ -181,15 +188,19 @@ def _with(
     return merged
 
 
-def _batches(spec: InputSpec, fast: bool) -> Iterator[_Batch]:
-    """Every row in batches: by the fast path where it covers the format and settings."""
+def _batches(spec: InputSpec, fast: bool, seek: SeekIndex | None) -> Iterator[_Batch]:
+    """Every row in batches: by the fast path where it covers the format and settings; seek
+    points noted in ``seek`` on the way."""
     if not fast or spec.read_fields() or spec.format not in ("jsonl", *COLUMNAR):
-        yield from _row_batches(read_rows(spec), spec.keep)
+        yield from _row_batches(read_rows(spec, index=seek), spec.keep)
         return
-    make = _jsonl_batches if spec.format == "jsonl" else _columnar_batches
     first = 0
-    for file in spec.files:
-        for batch in make(spec, file, first):
+    for k, file in enumerate(spec.files):
+        if spec.format == "jsonl":
+            batches = _jsonl_batches(spec, file, first, k, seek)
+        else:
+            batches = _columnar_batches(spec, file, first)
+        for batch in batches:
             yield batch
             first = batch.first + len(batch.ids)
 
@@ -225,14 +236,20 @@ def _of_rows(rows: list[Row], keep: tuple[str, ...]) -> _Batch:
     )
 
 
-def _jsonl_batches(spec: InputSpec, file: Path, first: int) -> Iterator[_Batch]:
+def _jsonl_batches(
+    spec: InputSpec, file: Path, first: int, file_no: int, seek: SeekIndex | None
+) -> Iterator[_Batch]:
+    """The records of ``spec.files[file_no]``, in batches; the rows ``seek`` wants noted in
+    it."""
     text_field, id_field, loads = spec.text_field, spec.id_field, orjson.loads
     ids: list[Id] = []
     texts: list[str] = []
     lines: list[int] = []
     errors: dict[int, str] = {}  # position in the batch -> why (records inputs' reader took)
-    index = first
-    for line_no, raw in nonblank_lines(file):
+    index, at = first, [0]
+    for line_no, raw in nonblank_lines(file, at=at):
+        if seek is not None and seek.wants(index):
+            seek.add(index, file_no, at[0], line_no - 1, 0)
         try:
             record = loads(raw)
         except orjson.JSONDecodeError:

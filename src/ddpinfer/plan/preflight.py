@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ddpinfer import faults
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
+from ddpinfer.inputs import SAMPLE_DATA, check_bad_share, scan_cache
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
+from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
+from ddpinfer.launch.store_wait import after_every_rank
 from ddpinfer.plan import fingerprint, finished, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
@@ -56,6 +60,8 @@ class Plan:
     rank 0 at the end."""
     done_rows: dict[int, frozenset[int]] = field(default_factory=dict)
     """For pending units an earlier attempt left half done: the rows it finished."""
+    seek: SeekIndex | None = None
+    """Where each unit starts in a JSON Lines or text input: ranks seek to their windows."""
 
 
 def input_spec(cfg: Config) -> inputs.InputSpec:
@@ -115,11 +121,12 @@ def _plan_on_main(
     cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
 ) -> dict:
     started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
+    faults.before_scan(cfg.fault, env.attempt)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
     earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
-    scan = input_scan.scan(
-        spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS)
+    scan, scanned = scan_cache.cached_scan(
+        spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS), run_dir
     )
     if spec.skip_bad:
         check_bad_share(scan, cfg.data.max_bad, spec.source)
@@ -128,6 +135,8 @@ def _plan_on_main(
     )
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
     resumed, files = finished.reconcile(run_dir, new, unit_size)
+    if scanned:
+        scan_cache.store(spec, run_dir, scan)
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     units = work_units.plan_units(scan.num_rows, unit_size)
@@ -168,6 +177,7 @@ def _plan_on_main(
         # for nodes without rank 0's run directory, to check the parts they hold against
         "fingerprint": new if remote_nodes else None,
         "started_fresh": started_fresh,
+        "seek": scan.seek.at_rows([u.start for u in units]) if scan.seek else None,
     }
 
 
@@ -191,6 +201,17 @@ def _checks_own_copy(env: LaunchEnv, shared_fs: str) -> bool:
     return not env.is_main and env.local_rank == 0 and env.node_rank != 0 and shared_fs != "true"
 
 
+def _file_ids(spec: inputs.InputSpec) -> list[tuple[str, int, int, int]]:
+    """The input files as a filesystem names them: path, size, mtime and inode. Equal on two
+    nodes that share rank 0's run directory, they are one file on a shared filesystem (a
+    copy has another inode, and rarely the same mtime to the nanosecond)."""
+    ids = []
+    for path in spec.files:
+        info = path.stat()
+        ids.append((str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino))
+    return ids
+
+
 def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) -> None:
     if mine != rank0s:
         raise inputs.InputError(
@@ -201,16 +222,35 @@ def _check_copy(spec: inputs.InputSpec, env: LaunchEnv, mine: str, rank0s: str) 
         )
 
 
-def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -> Plan:
+def preflight(
+    cfg: Config,
+    env: LaunchEnv,
+    group: ProcessGroup,
+    run_dir: Path,
+    check_stop: Callable[[], None] = lambda: None,
+) -> Plan:
+    """``check_stop`` raises the reason to stop (a dead rank) while ranks wait for the scan."""
     spec, output = agreed(group, lambda: _local_checks(cfg, env, run_dir))
     shares = ranks_sharing_run_dir(group, run_dir, cfg.output.shared_fs)
+    own_copy = _checks_own_copy(env, cfg.output.shared_fs)
+    if cfg.output.shared_fs == "auto" and env.is_distributed:
+        rank0s = group.broadcast_object(_file_ids(spec) if env.is_main else None)
+        if own_copy and shares[env.rank] and _file_ids(spec) == rank0s:
+            own_copy = False  # probed: the very files rank 0 scans, on a shared filesystem
+            log.info(
+                "node %d reads rank 0's own copy of data.path (a shared filesystem): not "
+                "scanned again",
+                env.node_rank,
+            )
 
     def plan_or_digest() -> dict | str | None:
         if env.is_main:
             return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
-        return input_scan.scan(spec).digest if _checks_own_copy(env, cfg.output.shared_fs) else None
+        return input_scan.scan(spec).digest if own_copy else None
 
-    mine = agreed(group, plan_or_digest)
+    # The others wait for rank 0's scan on the store, as long as it is alive: not in a
+    # collective, which gives up after run.timeout_s however long the scan needs.
+    mine = agreed(group, lambda: after_every_rank(env, "scanned", plan_or_digest, check_stop))
     plan = group.broadcast_object(mine if env.is_main else None)
     if env.is_distributed:
         digest = plan["inputs_digest"]
@@ -238,6 +278,7 @@ def preflight(cfg: Config, env: LaunchEnv, group: ProcessGroup, run_dir: Path) -
         shares,
         send_later,
         {unit: frozenset(rows) for unit, rows in done_rows.items()},
+        plan["seek"],
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,11 +59,12 @@ class UnitClaims:
 
     ``add(n)`` atomically adds ``n`` to the counter shared by all ranks and returns the new
     value (the store's ``add``), so each claimed range is this rank's alone. ``rates()`` gives
-    every rank's measured speed (inputs/s; None where a rank has measured nothing yet), by
-    rank. A window takes ``remaining × mine / sum(rates) / 2`` units, at most ``max_rows``
-    rows' worth and at least one; one unit while this rank has no rate of its own. Ranks that
-    read ``remaining`` at the same moment take their shares of it, which still hands out at
-    most half of what is left.
+    the ranks' measured speeds (inputs/s) as a ``RateSum``: this rank's own, their sum and
+    how many ranks have measured one, which the store keeps in two counters, so a claim costs
+    the same few store operations whatever the world size. A window takes
+    ``remaining × mine / sum(rates) / 2`` units, at most ``max_rows`` rows' worth and at least
+    one; one unit while this rank has no rate of its own. Ranks that read ``remaining`` at the
+    same moment take their shares of it, which still hands out at most half of what is left.
     """
 
     def __init__(
@@ -72,7 +74,7 @@ class UnitClaims:
         rank: int,
         max_rows: int,
         add: Callable[[int], int],
-        rates: Callable[[], list[float | None]],
+        rates: Callable[[], RateSum],
     ) -> None:
         self.pending = pending
         self.rank = rank
@@ -90,20 +92,41 @@ class UnitClaims:
         return self.pending[end - want : min(end, len(self.pending))]
 
     def share(self) -> float:
+        return self.rates().share()
+
+
+@dataclass(frozen=True)
+class RateSum:
+    """What a rank knows of every rank's speed (inputs/s) when it claims: its own (None until
+    it has measured one), the sum of those measured so far, and how many ranks measured them."""
+
+    mine: float | None
+    total: float
+    measured: int
+    world_size: int
+
+    @classmethod
+    def of(cls, rates: list[float | None], rank: int) -> RateSum:
+        """From every rank's rate, by rank (None: not measured yet)."""
+        known = [r for r in rates if r]
+        return cls(rates[rank], sum(known), len(known), len(rates))
+
+    def share(self) -> float:
         """This rank's part of the work still to hand out: its speed over all ranks' speeds. A
-        rank that has measured nothing yet counts as fast as the fastest one measured (it may
-        be); until this rank has measured itself, it asks for one unit."""
-        rates = self.rates()
-        mine = rates[self.rank]
-        if not mine:
+        rank that has measured nothing yet counts as fast as this one or the mean of those
+        measured, whichever is faster (it may be); until this rank has measured itself, it
+        asks for one unit."""
+        if not self.mine:
             return 0.0
-        fastest = max(r for r in rates if r)
-        return mine / sum(r or fastest for r in rates)
+        measured = max(self.measured, 1)
+        assumed = max(self.mine, self.total / measured)
+        unmeasured = max(0, self.world_size - measured)
+        return self.mine / max(self.mine, self.total + unmeasured * assumed)
 
 
-def one_rank_rates() -> list[float | None]:
+def one_rank_rates() -> RateSum:
     """The rates of a world of one: its share is everything."""
-    return [1.0]
+    return RateSum(1.0, 1.0, 1, 1)
 
 
 def local_counter() -> Callable[[int], int]:

@@ -146,7 +146,7 @@ def attempt(
     run_dir: Path,
     output: dict[str, Any],
 ) -> dict[str, Any]:
-    """One attempt's entry. ``output``: path, format, rows, errors."""
+    """One attempt's entry. ``output``: path, format, rows, errors (and its sha256, if known)."""
     fingerprint_file = run_dir / "fingerprint.json"
     fingerprint = json.loads(fingerprint_file.read_text()) if fingerprint_file.is_file() else {}
     path = Path(output["path"])
@@ -171,7 +171,12 @@ def attempt(
         "throughput": throughput(ranks),
         "ranks": ranks,
         "errors": output["errors"],
-        "output": {**output, "path": str(path.resolve()), "sha256": output_checksum(path)},
+        "output": {
+            **output,
+            "path": str(path.resolve()),
+            # carried from the attempt that wrote it, when this one found it intact
+            "sha256": output.get("sha256") or output_checksum(path),
+        },
     }
 
 
