@@ -175,8 +175,7 @@ class Streamer:
             key, pos, prompt_tokens = self._requests.pop(done.request_id)
             tracker = self._trackers[key]
             if done.finish_reason in FINISHED:
-                text = self.prompts.text(done.token_ids)
-                tracker.outputs[pos] = ({"generated_text": [text]}, 0)
+                tracker.outputs[pos] = (self.prompts.columns(done), 0)
                 self.stats.inputs += 1
                 tokens = prompt_tokens + len(done.token_ids)
                 self.stats.real_tokens += tokens

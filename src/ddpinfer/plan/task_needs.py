@@ -123,8 +123,10 @@ def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
 OUTPUT_COLUMNS = {
     "embed": ("embedding",),
     "classify": ("label", "score", "top_k"),
-    "generate": ("generated_text",),
-    "image_text": ("generated_text",),
+    "generate": ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens",
+                 "logprobs"),
+    "image_text": ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens",
+                   "logprobs"),
 }
 """The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
 

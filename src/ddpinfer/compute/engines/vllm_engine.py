@@ -65,6 +65,8 @@ class Finished:
     request_id: str
     token_ids: list[int]
     finish_reason: str | None
+    prompt_tokens: int = 0
+    """The prompt's tokens as the engine counted them (image tokens included)."""
 
 
 def check_installed() -> None:
@@ -147,7 +149,12 @@ class VllmEngine:
                 raise EngineFailed(DIED) from e
             raise EngineFailed(f"the vLLM engine failed: {type(e).__name__}: {e}") from e
         return [
-            Finished(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+            Finished(
+                o.request_id,
+                list(o.outputs[0].token_ids),
+                o.outputs[0].finish_reason,
+                len(o.prompt_token_ids or ()),
+            )
             for o in outputs
             if o.finished
         ]

@@ -1,4 +1,5 @@
-"""Text generation: AutoModelForCausalLM with left padding. Record: {"generated_text"} (new text).
+"""Text generation: AutoModelForCausalLM with left padding. Record: {"generated_text"} (new text),
+"finish_reason", "prompt_tokens" and "completion_tokens" (``answers``).
 
 Greedy by default. With task.do_sample=true, each input samples from its own random stream,
 seeded by ``seed`` and its row number, through the Gumbel-max trick (argmax of log-probabilities
@@ -23,7 +24,8 @@ from transformers import (
 )
 
 from ddpinfer.compute import model_loading
-from ddpinfer.compute.tasks.base import Columns, Task, prepare_each, tokenize
+from ddpinfer.compute.tasks.answers import Answer, Answers, answer_length, eos_ids
+from ddpinfer.compute.tasks.base import Columns, Task, prepare_each, rows_to_columns, tokenize
 from ddpinfer.config import Config, GenerateTaskConfig
 from ddpinfer.inputs import Row
 
@@ -76,6 +78,7 @@ class GenerateTask(Task):
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
         )
+        self.eos = eos_ids(self.generation_config.eos_token_id)
 
     def _sampling_processors(self, rows: Sequence[int]) -> LogitsProcessorList:
         processors = LogitsProcessorList()
@@ -101,9 +104,18 @@ class GenerateTask(Task):
             generation_config=self.generation_config,
             logits_processor=self._sampling_processors(rows),
         )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        texts_out = self.decoder.batch_decode(new_tokens, skip_special_tokens=True)
-        return {"generated_text": texts_out}
+        new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        rows_out = [
+            Answers(int(width), [self._answer(tokens)]).columns()
+            for width, tokens in zip(prompt_tokens, new_tokens, strict=True)
+        ]
+        return rows_to_columns(rows_out)
+
+    def _answer(self, token_ids: list[int]) -> Answer:
+        length, ended = answer_length(token_ids, self.eos)
+        text = self.decoder.decode(token_ids[:length], skip_special_tokens=True)
+        return Answer(text, "stop" if ended else "length", length)
 
 
 class EnginePrompts:
@@ -145,6 +157,12 @@ class EnginePrompts:
 
     def text(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def columns(self, done: Any) -> dict[str, list[Any]]:
+        """A finished request's output row (``vllm_engine.Finished``), as one-row columns."""
+        answer = Answer(self.text(done.token_ids), done.finish_reason, len(done.token_ids))
+        row = Answers(done.prompt_tokens, [answer]).columns()
+        return {k: [v] for k, v in row.items()}
 
 
 def load_tokenizer(cfg: Config, path: str) -> Any:

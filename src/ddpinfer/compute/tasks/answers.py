@@ -1,0 +1,72 @@
+"""What each generated answer says about itself, the same on every engine: its text, why it
+ended (``finish_reason``: ``stop`` for an end-of-sequence token or a stop string, ``length`` for
+the token limit) and what it cost (``prompt_tokens``, ``completion_tokens``), as OpenAI and vLLM
+report them: the completion counts the end-of-sequence token it stopped on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ANSWER_COLUMNS = ("generated_text", "finish_reason", "prompt_tokens", "completion_tokens")
+"""The columns every generate and image_text row has (``logprobs`` too, when asked for)."""
+
+
+@dataclass
+class Answer:
+    """One generated answer."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None
+    """OpenAI's ``logprobs.content``: one entry per generated token (None: not asked for)."""
+
+
+@dataclass
+class Answers:
+    """A prompt's answers (``n`` of them: one unless task.n or a row's n says more)."""
+
+    prompt_tokens: int
+    answers: list[Answer] = field(default_factory=list)
+    n: int = 1
+
+    def columns(self) -> dict[str, Any]:
+        """One output row's values: lists of n for the answers' own fields when n > 1."""
+
+        def each(values: list[Any]) -> Any:
+            return values if self.n > 1 else values[0]
+
+        row = {
+            "generated_text": each([a.text for a in self.answers]),
+            "finish_reason": each([a.finish_reason for a in self.answers]),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": sum(a.completion_tokens for a in self.answers),
+        }
+        if any(a.logprobs is not None for a in self.answers):
+            row["logprobs"] = each([a.logprobs for a in self.answers])
+        return row
+
+
+def eos_ids(value: int | Sequence[int] | None) -> frozenset[int]:
+    """A generation config's ``eos_token_id`` (one id, a list, or none) as a set."""
+    if value is None:
+        return frozenset()
+    return frozenset([value] if isinstance(value, int) else value)
+
+
+def answer_length(token_ids: Sequence[int], eos: frozenset[int]) -> tuple[int, bool]:
+    """How many of ``token_ids`` the answer holds (up to and including its first
+    end-of-sequence token: what follows is padding), and whether it ended on one."""
+    for i, token in enumerate(token_ids):
+        if token in eos:
+            return i + 1, True
+    return len(token_ids), False
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string it holds, and whether it held one (OpenAI and
+    vLLM leave the stop string out of the answer)."""
+    cuts = [at for s in stop if s and (at := text.find(s)) >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
