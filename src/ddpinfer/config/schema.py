@@ -97,6 +97,10 @@ class DataConfig:
     image_field: str = "image"
     """task=image_text: column or JSON key holding one image path or a list of them (relative
     paths are resolved against the data file's folder)."""
+    messages_field: str | None = None
+    """generate, image_text: column or JSON key holding each input as chat messages (OpenAI's
+    list of {role, content}) instead of data.text_field's text; rendered with the model's chat
+    template."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""

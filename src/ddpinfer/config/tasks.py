@@ -86,6 +86,14 @@ class GenerateTaskConfig(TaskConfig):
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    # --- chat (#30) ---
+    chat_template: bool = False
+    """Wrap each plain-text prompt in the tokenizer's chat template as one user turn, with the
+    generation prompt (data.messages_field: chat messages always go through it)."""
+    system_prompt: str | None = None
+    """A system turn put before each chat (one that begins with its own system turn keeps it)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """More variables for the chat template (task.chat_template_kwargs.enable_thinking=false)."""
 
     def __post_init__(self) -> None:
         check_choice("task.engine", self.engine, ENGINES)

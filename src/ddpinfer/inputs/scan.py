@@ -183,7 +183,8 @@ def _with(
 
 def _batches(spec: InputSpec, fast: bool) -> Iterator[_Batch]:
     """Every row in batches: by the fast path where it covers the format and settings."""
-    if not fast or spec.read_fields() or spec.format not in ("jsonl", *COLUMNAR):
+    slow = spec.read_fields() or spec.text_check is not None  # fields checked record by record
+    if not fast or slow or spec.format not in ("jsonl", *COLUMNAR):
         yield from _row_batches(read_rows(spec), spec.keep)
         return
     make = _jsonl_batches if spec.format == "jsonl" else _columnar_batches

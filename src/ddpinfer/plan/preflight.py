@@ -32,6 +32,7 @@ from ddpinfer.plan.task_needs import (
     check_model_path,
     input_fields,
     model_path,
+    text_check,
 )
 from ddpinfer.rundir.atomic import atomic_text
 from ddpinfer.rundir.parts import parts_dir, unit_files
@@ -62,12 +63,13 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
     return inputs.open_spec(
         cfg.data.path or str(SAMPLE_DATA),
         cfg.data.format,
-        cfg.data.text_field,
+        cfg.data.messages_field or cfg.data.text_field,
         cfg.data.id_field,
         skip_bad=cfg.data.on_error == "skip",
         fields=input_fields(cfg),
         split=cfg.data.split,
         keep=tuple(cfg.output.keep_fields or ()),
+        text_check=text_check(cfg),
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ddpinfer.config import Config
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import FieldCheck, images
+from ddpinfer.inputs import FieldCheck, chat, images
 
 
 class ModelPathError(UserError):
@@ -115,9 +115,21 @@ def custom_task_source(target: str) -> str:
 
 def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     """Record fields the task reads besides the text, each with the check run as it is read."""
-    if cfg.task.name == "image_text":
+    if cfg.task.name == "image_text" and not cfg.data.messages_field:
         return ((cfg.data.image_field, images.check_paths),)
     return ()
+
+
+def text_check(cfg: Config) -> FieldCheck | None:
+    """data.messages_field: each record's messages checked as it is read, kept as JSON text."""
+    if not cfg.data.messages_field:
+        return None
+    if cfg.task.name not in ("generate", "image_text"):
+        raise UserError(
+            f"data.messages_field={cfg.data.messages_field}: chat messages are prompts for "
+            f"task=generate or image_text, not task={cfg.task.name}. HINT: leave it unset."
+        )
+    return chat.check_messages
 
 
 OUTPUT_COLUMNS = {

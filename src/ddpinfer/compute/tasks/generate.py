@@ -25,7 +25,8 @@ from transformers import (
 
 from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.answers import Answer, Answers, answer_length, eos_ids
-from ddpinfer.compute.tasks.base import Columns, Task, prepare_each, rows_to_columns, tokenize
+from ddpinfer.compute.tasks.base import Columns, Task, rows_to_columns
+from ddpinfer.compute.tasks.prompts import PromptIds
 from ddpinfer.config import Config, GenerateTaskConfig
 from ddpinfer.inputs import Row
 
@@ -60,10 +61,13 @@ class PerRowGumbelNoise(LogitsProcessor):
 class GenerateTask(Task):
     padding_side = "left"
 
-    def __init__(self, tokenizer, model, max_length, cfg: GenerateTaskConfig, seed: int) -> None:
+    def __init__(
+        self, tokenizer, model, max_length, cfg: GenerateTaskConfig, seed: int, messages=False
+    ) -> None:
         super().__init__(tokenizer, model, max_length)
         self.cfg = cfg
         self.seed = seed
+        self.prompt_ids = PromptIds(tokenizer, max_length, cfg, messages)
         # Decoding runs on the compute thread while the next window is tokenized on another; a
         # fast tokenizer used from two threads at once can fail ("Already borrowed").
         self.decoder = copy.deepcopy(tokenizer)
@@ -92,6 +96,9 @@ class GenerateTask(Task):
             processors.append(TopPLogitsWarper(self.cfg.top_p))
         processors.append(PerRowGumbelNoise(self.seed, rows, self.device))
         return processors
+
+    def prepare(self, rows: Sequence[Row]) -> list[Any]:
+        return self.prompt_ids(rows)
 
     def cost(self, item: Any) -> int:
         """The prompt and every token that may be generated after it."""
@@ -126,17 +133,19 @@ class EnginePrompts:
 
     images_per_prompt: int | None = None
 
-    def __init__(self, tokenizer: Any, max_length: int | None, cfg: GenerateTaskConfig, seed: int):
+    def __init__(
+        self, tokenizer: Any, max_length: int | None, cfg: GenerateTaskConfig, seed: int,
+        messages: bool = False,
+    ):  # fmt: skip
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.cfg = cfg
         self.seed = seed
+        self.prompt_ids = PromptIds(tokenizer, max_length, cfg, messages)
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         """A prompt per row (or the exception that says why it has none)."""
-        ids = prepare_each(
-            lambda t: tokenize(self.tokenizer, t, self.max_length), [r.text for r in rows]
-        )
+        ids = self.prompt_ids(rows)
         return [i if isinstance(i, Exception) else {"prompt_token_ids": i} for i in ids]
 
     def prompt_tokens(self, prompt: Any) -> int:
@@ -169,18 +178,36 @@ def load_tokenizer(cfg: Config, path: str) -> Any:
     tokenizer = model_loading.load_tokenizer(cfg.model, path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_chat_template(cfg, path, tokenizer)
     return tokenizer
+
+
+def check_chat_template(cfg: Config, path: str, owner: Any) -> None:
+    """Chat prompts need the model's template: refused before any work without one."""
+    if (cfg.data.messages_field or cfg.task.chat_template) and not getattr(
+        owner, "chat_template", None
+    ):
+        via = (
+            f"data.messages_field={cfg.data.messages_field}"
+            if cfg.data.messages_field
+            else "task.chat_template=true"
+        )
+        raise model_loading.ModelLoadError(
+            f"model.path={path}: {via} needs the model's chat template, and its tokenizer has "
+            "none. HINT: use a model that ships one (an instruct or chat model), or give plain "
+            "text prompts with task.chat_template=false."
+        )
 
 
 def build_prompts(cfg: Config, path: str) -> EnginePrompts:
     tokenizer = load_tokenizer(cfg, path)
-    return EnginePrompts(
-        tokenizer, model_loading.max_length(cfg.model, tokenizer), cfg.task, cfg.seed
-    )
+    limit = model_loading.max_length(cfg.model, tokenizer)
+    return EnginePrompts(tokenizer, limit, cfg.task, cfg.seed, bool(cfg.data.messages_field))
 
 
 def build(cfg: Config, path: str, device: torch.device) -> GenerateTask:
     tokenizer = load_tokenizer(cfg, path)
     model = model_loading.load_model(AutoModelForCausalLM, cfg.model, path, device)
     limit = model_loading.max_length(cfg.model, tokenizer)
-    return GenerateTask(tokenizer, model, limit, cfg.task, cfg.seed)
+    messages = bool(cfg.data.messages_field)
+    return GenerateTask(tokenizer, model, limit, cfg.task, cfg.seed, messages)

@@ -20,9 +20,10 @@ from transformers import AutoModelForImageTextToText
 
 from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.base import Columns
-from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask
+from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask, check_chat_template
+from ddpinfer.compute.tasks.prompts import render
 from ddpinfer.config import Config, ImageTextTaskConfig
-from ddpinfer.inputs import Row, images
+from ddpinfer.inputs import Row, chat, images
 
 
 @dataclass
@@ -37,18 +38,17 @@ class ImageTextTask(GenerateTask):
     window_rows = 512  # decoded images and pixel tensors of a whole window are held in memory
 
     def __init__(
-        self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str
-    ) -> None:
+        self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str,
+        messages: bool = False,
+    ) -> None:  # fmt: skip
         # No truncation: cutting a prompt could cut image tokens the model then cannot match.
         super().__init__(processor.tokenizer, model, None, cfg, seed)
         self.processor = processor
         self.image_field = image_field
+        self.messages = messages
         # prepare and collate run on the background thread, but a batch split after an error
         # is collated on the compute thread: one processor call at a time.
         self._processor_lock = threading.Lock()
-
-    def prompt(self, text: str, num_images: int) -> str:
-        return chat_prompt(self.processor, self.cfg.chat_template, text, num_images)
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         items: list[Any] = []
@@ -62,9 +62,7 @@ class ImageTextTask(GenerateTask):
         return items
 
     def _prepare_row(self, row: Row) -> ImageTextItem:
-        paths = (row.fields or {})[self.image_field]
-        decoded = images.load(paths)
-        prompt = self.prompt(row.text, len(decoded))
+        prompt, decoded = row_prompt(self.processor, self.cfg, row, self.image_field, self.messages)
         with self._processor_lock:
             alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
         return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]))
@@ -90,14 +88,20 @@ class ImageTextTask(GenerateTask):
         return super().__call__(batch, rows)
 
 
-def chat_prompt(processor: Any, chat_template: bool, text: str, num_images: int) -> str:
-    """One user turn, the image(s) then the text, with the generation prompt (``chat_template``
-    false: the text as it is)."""
-    if not chat_template:
-        return text
-    content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
-    conversation = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+def row_prompt(
+    processor: Any, cfg: ImageTextTaskConfig, row: Row, image_field: str, messages: bool
+) -> tuple[str, list[Any]]:
+    """A row's prompt text and its decoded images: its chat messages (``data.messages_field``)
+    through the processor's chat template, else its text and images as one user turn (with
+    ``task.chat_template=false``: the text as it is)."""
+    if messages:
+        conversation, decoded = chat.conversation(chat.parse(row.text))
+        return render(processor, conversation, cfg), decoded
+    decoded = images.load((row.fields or {})[image_field])
+    if not cfg.chat_template:
+        return row.text, decoded
+    content = [{"type": "image"}] * len(decoded) + [{"type": "text", "text": row.text}]
+    return render(processor, [{"role": "user", "content": content}], cfg), decoded
 
 
 class ImageTextEnginePrompts(EnginePrompts):
@@ -108,20 +112,27 @@ class ImageTextEnginePrompts(EnginePrompts):
     images_per_prompt = 4
     """The engine's limit of images per prompt (more: +task.vllm.extra.limit_mm_per_prompt=...)."""
 
-    def __init__(self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str):
+    def __init__(
+        self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str,
+        messages: bool = False,
+    ):  # fmt: skip
         super().__init__(processor.tokenizer, None, cfg, seed)
         self.processor = processor
         self.image_field = image_field
+        self.messages = messages
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         return [self._prepare_row(row) for row in rows]
 
     def _prepare_row(self, row: Row) -> Any:
         try:
-            decoded = images.load((row.fields or {})[self.image_field])
+            text, decoded = row_prompt(
+                self.processor, self.cfg, row, self.image_field, self.messages
+            )
         except images.ImageError as e:
             return e
-        text = chat_prompt(self.processor, self.cfg.chat_template, row.text, len(decoded))
+        except Exception as e:
+            return RuntimeError(f"the chat template failed: {type(e).__name__}: {e}")
         return {
             "prompt": text,
             "multi_modal_data": {"image": decoded[0] if len(decoded) == 1 else decoded},
@@ -133,7 +144,9 @@ class ImageTextEnginePrompts(EnginePrompts):
 
 def load_processor(cfg: Config, path: str) -> Any:
     processor = model_loading.load_processor(cfg.model, path)
-    if cfg.task.chat_template and not getattr(processor, "chat_template", None):
+    if cfg.data.messages_field:
+        check_chat_template(cfg, path, processor)
+    elif cfg.task.chat_template and not getattr(processor, "chat_template", None):
         raise model_loading.ModelLoadError(
             f"model.path={path}: the processor has no chat template. HINT: set "
             "task.chat_template=false and write the model's image placeholders into the text."
@@ -143,11 +156,14 @@ def load_processor(cfg: Config, path: str) -> Any:
 
 def build_prompts(cfg: Config, path: str) -> ImageTextEnginePrompts:
     return ImageTextEnginePrompts(
-        load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field
-    )
+        load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field,
+        bool(cfg.data.messages_field),
+    )  # fmt: skip
 
 
 def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
     processor = load_processor(cfg, path)
     model = model_loading.load_model(AutoModelForImageTextToText, cfg.model, path, device)
-    return ImageTextTask(processor, model, cfg.task, cfg.seed, cfg.data.image_field)
+    return ImageTextTask(
+        processor, model, cfg.task, cfg.seed, cfg.data.image_field, bool(cfg.data.messages_field)
+    )
