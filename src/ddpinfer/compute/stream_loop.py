@@ -157,7 +157,7 @@ class Streamer:
                 continue
             request = f"{key}:{pos}"
             try:
-                self.engine.add(request, prompt, self.prompts.sampling(window.flat[pos].index))
+                self.engine.add(request, prompt, self.prompts.sampling(window.flat[pos]))
             except RequestRejected as e:
                 tracker.errors[pos] = str(e)
                 rejected.append(pos)
@@ -175,7 +175,8 @@ class Streamer:
             key, pos, prompt_tokens = self._requests.pop(done.request_id)
             tracker = self._trackers[key]
             if done.finish_reason in FINISHED:
-                tracker.outputs[pos] = (self.prompts.columns(done), 0)
+                row = tracker.window.flat[pos]
+                tracker.outputs[pos] = (self.prompts.columns(done, row), 0)
                 self.stats.inputs += 1
                 tokens = prompt_tokens + len(done.token_ids)
                 self.stats.real_tokens += tokens

@@ -101,6 +101,10 @@ class DataConfig:
     """generate, image_text: column or JSON key holding each input as chat messages (OpenAI's
     list of {role, content}) instead of data.text_field's text; rendered with the model's chat
     template."""
+    params_field: str | None = None
+    """generate, image_text: column or JSON key holding each input's own settings, a dict of
+    max_tokens, temperature, top_p, top_k, stop, n, seed, logprobs, top_logprobs and
+    response_format overriding the task's (an unknown key makes a bad record)."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""

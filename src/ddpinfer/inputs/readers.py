@@ -72,6 +72,9 @@ class InputSpec:
     ``Row.fields`` like ``fields``, and part of the content digest, since they reach the output."""
     id_detected: bool = False
     """``id_field`` was unset, and the records have a field named ``id``: it is the id."""
+    digested: tuple[str, ...] = ()
+    """Fields of ``fields`` whose values decide a row's results (``data.params_field``): part
+    of the content digest, as kept fields are."""
     text_check: FieldCheck | None = None
     """Checks the text field's value when it is not plain text and returns it as text (chat
     messages, ``data.messages_field``: as canonical JSON); a failed check makes a bad record."""
@@ -91,6 +94,7 @@ def open_spec(
     split: str | None = None,
     keep: tuple[str, ...] = (),
     text_check: FieldCheck | None = None,
+    digested: tuple[str, ...] = (),
 ) -> InputSpec:
     found = find_input_files(path, fmt, split)
     detected = id_field is None and ID_FIELD in first_record_fields(found.files[0], found.format)
@@ -105,6 +109,7 @@ def open_spec(
         keep,
         id_detected=detected,
         text_check=text_check,
+        digested=digested,
     )
     if spec.read_fields() and spec.format == "text":
         raise InputError(

@@ -185,7 +185,8 @@ def _batches(spec: InputSpec, fast: bool) -> Iterator[_Batch]:
     """Every row in batches: by the fast path where it covers the format and settings."""
     slow = spec.read_fields() or spec.text_check is not None  # fields checked record by record
     if not fast or slow or spec.format not in ("jsonl", *COLUMNAR):
-        yield from _row_batches(read_rows(spec), spec.keep)
+        digested = spec.keep + tuple(f for f in spec.digested if f not in spec.keep)
+        yield from _row_batches(read_rows(spec), digested)
         return
     make = _jsonl_batches if spec.format == "jsonl" else _columnar_batches
     first = 0

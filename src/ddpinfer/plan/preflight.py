@@ -30,6 +30,7 @@ from ddpinfer.plan.task_needs import (
     check_engine,
     check_keep_fields,
     check_model_path,
+    digested_fields,
     input_fields,
     model_path,
     text_check,
@@ -70,6 +71,7 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
         split=cfg.data.split,
         keep=tuple(cfg.output.keep_fields or ()),
         text_check=text_check(cfg),
+        digested=digested_fields(cfg),
     )
 
 

@@ -70,3 +70,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     vLLM leave the stop string out of the answer)."""
     cuts = [at for s in stop if s and (at := text.find(s)) >= 0]
     return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def logprobs_content(
+    decode: Any, token_ids: Sequence[int], steps: Sequence[dict[int, float]], top: int
+) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content``: for each generated token, its text, logprob and UTF-8
+    bytes, and the ``top`` most likely tokens at that step with theirs. ``steps[t]`` maps token
+    ids to logprobs at step t (the chosen token's among them); ``decode(id)`` is a token's text."""
+
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        text = decode(token)
+        return {"token": text, "logprob": float(logprob), "bytes": list(text.encode())}
+
+    content = []
+    for token, step in zip(token_ids, steps, strict=False):
+        best = sorted(step.items(), key=lambda kv: -kv[1])[:top]
+        content.append({**entry(token, step[token]), "top_logprobs": [entry(*kv) for kv in best]})
+    return content

@@ -22,6 +22,7 @@ from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.base import Columns
 from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask, check_chat_template
 from ddpinfer.compute.tasks.prompts import render
+from ddpinfer.compute.tasks.settings import Settings
 from ddpinfer.config import Config, ImageTextTaskConfig
 from ddpinfer.inputs import Row, chat, images
 
@@ -32,6 +33,7 @@ class ImageTextItem:
     images: list[Any]
     tokens: int
     """Prompt tokens with the image tokens the processor expands the images into."""
+    settings: Settings | None = None
 
 
 class ImageTextTask(GenerateTask):
@@ -39,10 +41,10 @@ class ImageTextTask(GenerateTask):
 
     def __init__(
         self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str,
-        messages: bool = False,
+        messages: bool = False, params_field: str | None = None,
     ) -> None:  # fmt: skip
         # No truncation: cutting a prompt could cut image tokens the model then cannot match.
-        super().__init__(processor.tokenizer, model, None, cfg, seed)
+        super().__init__(processor.tokenizer, model, None, cfg, seed, messages, params_field)
         self.processor = processor
         self.image_field = image_field
         self.messages = messages
@@ -55,7 +57,7 @@ class ImageTextTask(GenerateTask):
         for row in rows:
             try:
                 items.append(self._prepare_row(row))
-            except images.ImageError as e:
+            except (images.ImageError, ValueError) as e:
                 items.append(e)
             except Exception as e:
                 items.append(RuntimeError(f"processor failed: {type(e).__name__}: {e}"))
@@ -63,13 +65,19 @@ class ImageTextTask(GenerateTask):
 
     def _prepare_row(self, row: Row) -> ImageTextItem:
         prompt, decoded = row_prompt(self.processor, self.cfg, row, self.image_field, self.messages)
+        settings = self.prompt_ids.settings(row)
+        if settings.n > 1:
+            raise ValueError(
+                "n > 1 with image_text runs on task.engine=vllm only (here each answer would "
+                "need its own copy of the images). HINT: task.engine=vllm, or n=1."
+            )
         with self._processor_lock:
             alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
-        return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]))
+        return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]), settings)
 
     def cost(self, item: ImageTextItem) -> int:
         """Prompt and image tokens, and every token that may be generated after them."""
-        return item.tokens + self.cfg.max_new_tokens
+        return item.tokens + item.settings.max_tokens
 
     def collate(self, items: Sequence[ImageTextItem]) -> dict[str, torch.Tensor]:
         with self._processor_lock:
@@ -79,12 +87,16 @@ class ImageTextTask(GenerateTask):
                 padding=True,
                 return_tensors="pt",
             )
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return {**tensors, "settings": [item.settings for item in items]}
 
     @torch.inference_mode()
-    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
+    def __call__(self, batch: Mapping[str, Any], rows: Sequence[int]) -> Columns:
         dtype = self.model.dtype  # pixel values arrive as float32
-        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        batch = {
+            k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in batch.items()
+        }
         return super().__call__(batch, rows)
 
 
@@ -114,9 +126,9 @@ class ImageTextEnginePrompts(EnginePrompts):
 
     def __init__(
         self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str,
-        messages: bool = False,
+        messages: bool = False, params_field: str | None = None,
     ):  # fmt: skip
-        super().__init__(processor.tokenizer, None, cfg, seed)
+        super().__init__(processor.tokenizer, None, cfg, seed, messages, params_field)
         self.processor = processor
         self.image_field = image_field
         self.messages = messages
@@ -157,7 +169,7 @@ def load_processor(cfg: Config, path: str) -> Any:
 def build_prompts(cfg: Config, path: str) -> ImageTextEnginePrompts:
     return ImageTextEnginePrompts(
         load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field,
-        bool(cfg.data.messages_field),
+        bool(cfg.data.messages_field), cfg.data.params_field,
     )  # fmt: skip
 
 
@@ -165,5 +177,6 @@ def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
     processor = load_processor(cfg, path)
     model = model_loading.load_model(AutoModelForImageTextToText, cfg.model, path, device)
     return ImageTextTask(
-        processor, model, cfg.task, cfg.seed, cfg.data.image_field, bool(cfg.data.messages_field)
-    )
+        processor, model, cfg.task, cfg.seed, cfg.data.image_field,
+        bool(cfg.data.messages_field), cfg.data.params_field,
+    )  # fmt: skip

@@ -10,26 +10,47 @@ from collections.abc import Sequence
 from typing import Any
 
 from ddpinfer.compute.tasks.base import prepare_each, tokenize
+from ddpinfer.compute.tasks.settings import Settings, settings_for
 from ddpinfer.config import GenerateTaskConfig
 from ddpinfer.inputs import Row, chat
 
 
+class Prompt(list):
+    """A prompt's token ids, with the settings its answers are generated with."""
+
+    settings: Settings
+
+
 class PromptIds:
     def __init__(
-        self, tokenizer: Any, max_length: int | None, cfg: GenerateTaskConfig, messages: bool
-    ) -> None:
+        self, tokenizer: Any, max_length: int | None, cfg: GenerateTaskConfig, seed: int,
+        messages: bool = False, params_field: str | None = None,
+    ) -> None:  # fmt: skip
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.cfg = cfg
+        self.seed = seed
         self.messages = messages
         self.chat = messages or cfg.chat_template
+        self.params_field = params_field
+
+    def settings(self, row: Row) -> Settings:
+        params = (row.fields or {}).get(self.params_field) if self.params_field else None
+        return settings_for(self.cfg, self.seed, row.index, params)
 
     def __call__(self, rows: Sequence[Row]) -> list[Any]:
-        """Token ids per row, or the exception that says why the row has none."""
+        """A ``Prompt`` per row, or the exception that says why the row has none."""
         if not self.chat:
             texts = [r.text for r in rows]
-            return prepare_each(lambda t: tokenize(self.tokenizer, t, self.max_length), texts)
-        return [self._chat_ids(row) for row in rows]
+            ids = prepare_each(lambda t: tokenize(self.tokenizer, t, self.max_length), texts)
+        else:
+            ids = [self._chat_ids(row) for row in rows]
+        return [i if isinstance(i, Exception) else self._prompt(i, r) for i, r in zip(ids, rows)]
+
+    def _prompt(self, ids: list[int], row: Row) -> Prompt:
+        prompt = Prompt(ids)
+        prompt.settings = self.settings(row)
+        return prompt
 
     def _chat_ids(self, row: Row) -> Any:
         try:
