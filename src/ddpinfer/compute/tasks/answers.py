@@ -24,19 +24,29 @@ class Answer:
     """OpenAI's ``logprobs.content``: one entry per generated token (None: not asked for)."""
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The output columns' shape, the same for every row of a run (part files are columnar)."""
+
+    listed: bool = False
+    """generated_text, finish_reason and logprobs as lists of n (task.n > 1)."""
+    logprobs: bool = False
+    """A logprobs column (task.logprobs set, or rows may ask for it: null where one did not)."""
+
+
 @dataclass
 class Answers:
     """A prompt's answers (``n`` of them: one unless task.n or a row's n says more)."""
 
     prompt_tokens: int
+    shape: Shape = field(default_factory=Shape)
     answers: list[Answer] = field(default_factory=list)
-    n: int = 1
 
     def columns(self) -> dict[str, Any]:
-        """One output row's values: lists of n for the answers' own fields when n > 1."""
+        """One output row's values: lists of n for the answers' own fields when listed."""
 
         def each(values: list[Any]) -> Any:
-            return values if self.n > 1 else values[0]
+            return values if self.shape.listed else values[0]
 
         row = {
             "generated_text": each([a.text for a in self.answers]),
@@ -44,7 +54,7 @@ class Answers:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": sum(a.completion_tokens for a in self.answers),
         }
-        if any(a.logprobs is not None for a in self.answers):
+        if self.shape.logprobs:
             row["logprobs"] = each([a.logprobs for a in self.answers])
         return row
 

@@ -105,7 +105,7 @@ class GenerateTask(Task):
         logits = torch.stack(out.logits, dim=1).float() if want_logprobs else None
         new_tokens = sequences[:, width:].tolist()
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        answers = [Answers(0, n=s.n) for s in settings]
+        answers = [Answers(0, self.prompt_ids.shape) for _ in settings]
         for j, (i, _) in enumerate(samples):
             answers[i].prompt_tokens = int(prompt_tokens[j])
             step_logits = logits[j] if logits is not None else None
@@ -185,7 +185,7 @@ class EnginePrompts:
     def columns(self, done: Any, row: Row) -> dict[str, list[Any]]:
         """A finished request's output row (``vllm_engine.Finished``), as one-row columns."""
         s = self.prompt_ids.settings(row)
-        answers = Answers(done.prompt_tokens, n=s.n)
+        answers = Answers(done.prompt_tokens, self.prompt_ids.shape)
         for sample in done.samples:
             text, cut = cut_at_stop(self.text(sample.token_ids), s.stop)
             reason = "stop" if cut else sample.finish_reason

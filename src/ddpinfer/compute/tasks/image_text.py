@@ -138,10 +138,11 @@ class ImageTextEnginePrompts(EnginePrompts):
 
     def _prepare_row(self, row: Row) -> Any:
         try:
+            self.prompt_ids.settings(row)  # a row whose n does not fit fails here
             text, decoded = row_prompt(
                 self.processor, self.cfg, row, self.image_field, self.messages
             )
-        except images.ImageError as e:
+        except (images.ImageError, ValueError) as e:
             return e
         except Exception as e:
             return RuntimeError(f"the chat template failed: {type(e).__name__}: {e}")

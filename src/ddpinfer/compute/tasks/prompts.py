@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ddpinfer.compute.tasks.answers import Shape
 from ddpinfer.compute.tasks.base import prepare_each, tokenize
 from ddpinfer.compute.tasks.settings import Settings, settings_for
 from ddpinfer.config import GenerateTaskConfig
@@ -33,10 +34,20 @@ class PromptIds:
         self.messages = messages
         self.chat = messages or cfg.chat_template
         self.params_field = params_field
+        self.shape = Shape(
+            listed=cfg.n > 1, logprobs=cfg.logprobs is not None or bool(params_field)
+        )
 
     def settings(self, row: Row) -> Settings:
+        """The row's settings; ``ValueError`` if its n does not fit the output's shape."""
         params = (row.fields or {}).get(self.params_field) if self.params_field else None
-        return settings_for(self.cfg, self.seed, row.index, params)
+        settings = settings_for(self.cfg, self.seed, row.index, params)
+        if settings.n > 1 and not self.shape.listed:
+            raise ValueError(
+                f"n={settings.n}, but task.n=1 writes one answer per row. HINT: set task.n "
+                "to the usual n (answers then are lists; a row's n overrides it)."
+            )
+        return settings
 
     def __call__(self, rows: Sequence[Row]) -> list[Any]:
         """A ``Prompt`` per row, or the exception that says why the row has none."""
@@ -47,9 +58,12 @@ class PromptIds:
             ids = [self._chat_ids(row) for row in rows]
         return [i if isinstance(i, Exception) else self._prompt(i, r) for i, r in zip(ids, rows)]
 
-    def _prompt(self, ids: list[int], row: Row) -> Prompt:
+    def _prompt(self, ids: list[int], row: Row) -> Prompt | Exception:
         prompt = Prompt(ids)
-        prompt.settings = self.settings(row)
+        try:
+            prompt.settings = self.settings(row)
+        except ValueError as e:
+            return e
         return prompt
 
     def _chat_ids(self, row: Row) -> Any:
