@@ -18,8 +18,8 @@ class ConfigError(UserError):
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset")
-OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset")
+INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset", "openai_batch")
+OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset", "openai_batch")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 PACKING = ("auto", "true", "false")

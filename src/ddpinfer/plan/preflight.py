@@ -23,7 +23,7 @@ from ddpinfer.inputs import SAMPLE_DATA, check_bad_share
 from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
-from ddpinfer.plan import fingerprint, finished, work_units
+from ddpinfer.plan import fingerprint, finished, openai_batch_job, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
 from ddpinfer.plan.task_needs import (
@@ -76,6 +76,8 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
 
 
 def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.InputSpec, Output]:
+    if openai_batch_job.adopt(cfg) is None:  # an OpenAI batch file sets what reads it
+        openai_batch_job.check_output_format(cfg)
     output = resolve_output(cfg.output, run_dir)
     if output.format == "npy" and cfg.task.name != "embed":
         raise UserError(

@@ -15,6 +15,7 @@ from pathlib import Path
 from ddpinfer.config import Config, request_settings
 from ddpinfer.errors import UserError
 from ddpinfer.inputs import FieldCheck, chat, images
+from ddpinfer.plan.openai_batch_job import request_check
 
 
 class ModelPathError(UserError):
@@ -115,6 +116,8 @@ def custom_task_source(target: str) -> str:
 
 def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     """Record fields the task reads besides the text, each with the check run as it is read."""
+    if (batch := request_check(cfg)) is not None:  # an OpenAI batch file
+        return (("method", batch.method), ("url", batch.url), ("body", batch.params))
     fields: tuple[tuple[str, FieldCheck | None], ...] = ()
     if cfg.task.name == "image_text" and not cfg.data.messages_field:
         fields = ((cfg.data.image_field, images.check_paths),)
@@ -135,6 +138,8 @@ def digested_fields(cfg: Config) -> tuple[str, ...]:
 
 def text_check(cfg: Config) -> FieldCheck | None:
     """data.messages_field: each record's messages checked as it is read, kept as JSON text."""
+    if (batch := request_check(cfg)) is not None:  # an OpenAI batch file
+        return batch.prompt
     if not cfg.data.messages_field:
         return None
     if cfg.task.name not in ("generate", "image_text"):
