@@ -124,3 +124,30 @@ def test_an_embeddings_file_gives_embedding_responses(tmp_path, bert_embedder):
     for line in lines:
         body = CreateEmbeddingResponse.model_validate(line["response"]["body"])
         assert len(body.data[0].embedding) == 32
+
+
+def test_an_interrupted_batch_resumes_to_one_answer_per_request(tmp_path, chat_llama):
+    requests = chat_requests() * 2
+    for k, r in enumerate(requests):
+        requests[k] = {**r, "custom_id": f"req-{k}"}
+    write_records(tmp_path / "batch.jsonl", requests)
+    args = ["task=generate", f"model.path={chat_llama}", "data.path=batch.jsonl",
+            "data.unit_size=2", "batch_size=2", "output.path=out.jsonl",
+            "run.name=job"]  # fmt: skip
+    with pytest.raises(RuntimeError):
+        run_in_process([*args, "fault.rank=0", "fault.at_unit=3"], cwd=tmp_path)
+    assert not (tmp_path / "out.jsonl").exists()
+    run_in_process(args, cwd=tmp_path)
+    stats = read_jsonl(tmp_path / "runs" / "job" / "stats" / "rank0.json")[0]
+    assert stats["rows"] == len(requests) - 6  # the three units done before the fault are kept
+    run_in_process([a.replace("job", "straight") for a in args[:-1]] + ["output.path=s.jsonl",
+                                                                        "run.name=straight"],
+                   cwd=tmp_path)  # fmt: skip
+
+    def answers(name):
+        return [
+            (x["custom_id"], x["response"]["body"]["choices"]) for x in read_jsonl(tmp_path / name)
+        ]
+
+    assert answers("out.jsonl") == answers("s.jsonl")
+    assert [c for c, _ in answers("out.jsonl")] == [r["custom_id"] for r in requests]
