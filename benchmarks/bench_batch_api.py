@@ -21,12 +21,14 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -139,24 +141,30 @@ def full_run(cmd: list[str], environ: dict, cwd: Path) -> float:
     return time.perf_counter() - began
 
 
-def stopped_run(cmd: list[str], environ: dict, cwd: Path, after_s: float) -> int:
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        proc.wait(timeout=after_s)
-    except subprocess.TimeoutExpired:
+def logged_rows(run_dir: Path) -> int:
+    """Requests a ddpinfer run has journaled so far (its DEBUG log lines)."""
+    total = 0
+    for log in (run_dir / "logs").glob("rank*.log"):
+        counts = re.findall(r"\((\d+) this attempt\)", log.read_text())
+        total += int(counts[-1]) if counts else 0
+    return total
+
+
+def stopped_run(cmd: list[str], environ: dict, cwd: Path, until: Any) -> tuple[int, float]:
+    """Runs ``cmd`` until ``until(seconds)`` says stop, then SIGTERM: its exit code, and when."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    while proc.poll() is None and not until(time.perf_counter() - began):
+        time.sleep(0.2)
+    at = time.perf_counter() - began
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        return proc.wait(timeout=300)
+        return proc.wait(timeout=300), at
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+        return proc.wait(), at
 
 
 def ddpinfer_kept(run_dir: Path, cmd: list[str], environ: dict, cwd: Path, n: int) -> int:
@@ -197,16 +205,19 @@ def main() -> None:
                 f"{speed[tool]:.0f} new tokens/s (end to end)"
             )
         print(f"ddpinfer / run_batch: {speed['ddpinfer'] / speed['run_batch']:.2f}x")
-        for tool, (cmd, environ) in commands(tmp, model, batch, "stop").items():
-            code = stopped_run(cmd, environ, tmp, walls[tool] / 2)
-            if tool == "ddpinfer":
-                kept = ddpinfer_kept(tmp / "runs" / "stop", cmd, environ, tmp, args.requests)
-            else:
-                kept = tokens(tmp / f"stop-{tool}.jsonl")[0]
-            print(
-                f"SIGTERM at 50 % of its wall time: {tool} exit {code}, {kept} of "
-                f"{args.requests} answers kept (the rest recomputed by a re-run)"
-            )
+        # ddpinfer is stopped once half the requests are journaled; run_batch, which shows no
+        # progress, after the same time (their start-up and speed are alike: above)
+        stop = commands(tmp, model, batch, "stop")
+        run_dir, half = tmp / "runs" / "stop", args.requests / 2
+        code, at = stopped_run(*stop["ddpinfer"], tmp, lambda s: logged_rows(run_dir) >= half)
+        done = logged_rows(run_dir)
+        kept = ddpinfer_kept(run_dir, *stop["ddpinfer"], tmp, args.requests)
+        print(f"ddpinfer   SIGTERM at {at:.0f} s ({done} of {args.requests} requests done): "
+              f"exit {code}, {kept} answers kept, {args.requests - kept} recomputed by the re-run")
+        code, _ = stopped_run(*stop["run_batch"], tmp, lambda s: s >= at)
+        kept = tokens(tmp / "stop-run_batch.jsonl")[0]
+        print(f"run_batch  SIGTERM at {at:.0f} s: exit {code}, {kept} answers kept (it writes "
+              "its output at the end: a re-run computes every request again)")
 
 
 if __name__ == "__main__":
