@@ -232,3 +232,26 @@ def save_llava(path: Path) -> Path:
     )
     processor.save_pretrained(path)
     return path
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and "
+    "not enable_thinking %}<nothink>{% endif %}{% endif %}"
+)
+"""A chat template in the shape instruct models ship (roles, the generation prompt, a
+``chat_template_kwargs`` switch)."""
+
+
+def save_chat_llama(path: Path, eos_scale: float = 3.0) -> Path:
+    """The tiny Llama with a chat template, its end-of-sequence row of the output layer scaled
+    up so that some answers end on it early and others run to the token limit."""
+    save_llama_generator(path)
+    model = LlamaForCausalLM.from_pretrained(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] *= eos_scale
+    model.save_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path

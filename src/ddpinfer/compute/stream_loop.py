@@ -183,7 +183,7 @@ class Streamer:
         """Add one request; the reason the engine refused it, if it did."""
         request = f"{key}:{pos}"
         try:
-            self.engine.add(request, prompt, self.prompts.sampling(row.index))
+            self.engine.add(request, prompt, self.prompts.sampling(row))
         except RequestRejected as e:
             return str(e)
         self._requests[request] = (key, pos, self.prompts.prompt_tokens(prompt))
@@ -199,8 +199,8 @@ class Streamer:
             key, pos, prompt_tokens = self._requests.pop(done.request_id)
             tracker = self._trackers[key]
             if done.finish_reason in FINISHED:
-                text = self.prompts.text(done.token_ids)
-                tracker.outputs[pos] = ({"generated_text": [text]}, 0)
+                row = tracker.window.flat[pos]
+                tracker.outputs[pos] = (self.prompts.columns(done, row), 0)
                 self.stats.inputs += 1
                 tokens = prompt_tokens + len(done.token_ids)
                 self.stats.real_tokens += tokens

@@ -76,8 +76,24 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="ddpinfer_schema", node=Config)
     for name, schema in TASK_SCHEMAS.items():  # not in the group `task`: its choices are conf/task/
-        store.store(group="task_schema", name=name, node=schema)
+        store.store(group="task_schema", name=name, node=_open_dicts(schema))
     store.store(group="hydra/help", name="ddpinfer", node=help_node(Config, TASK_SCHEMAS))
+
+
+OPEN_DICTS = ("chat_template_kwargs",)
+"""Dict keys of a task that take keys of the user's own without a ``+``
+(task.chat_template_kwargs.enable_thinking=false): they are passed on, not read by ddpinfer."""
+
+
+def _open_dicts(schema: type) -> Any:
+    """The task's schema, with its ``OPEN_DICTS`` open to new keys."""
+    names = [n for n in OPEN_DICTS if n in schema.__dataclass_fields__]
+    if not names:
+        return schema
+    node = OmegaConf.structured(schema)
+    for name in names:
+        OmegaConf.set_struct(node[name], False)
+    return node
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -18,8 +18,8 @@ class ConfigError(UserError):
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset")
-OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset")
+INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet", "text", "hf_dataset", "openai_batch")
+OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "npy", "hf_dataset", "openai_batch")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 PACKING = ("auto", "true", "false")
@@ -97,6 +97,14 @@ class DataConfig:
     image_field: str = "image"
     """task=image_text: column or JSON key holding one image path or a list of them (relative
     paths are resolved against the data file's folder)."""
+    messages_field: str | None = None
+    """generate, image_text: column or JSON key holding each input as chat messages (OpenAI's
+    list of {role, content}) instead of data.text_field's text; rendered with the model's chat
+    template."""
+    params_field: str | None = None
+    """generate, image_text: column or JSON key holding each input's own settings, a dict of
+    max_tokens, temperature, top_p, top_k, stop, n, seed, logprobs, top_logprobs and
+    response_format overriding the task's (an unknown key makes a bad record)."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from ddpinfer.config import request_settings
 from ddpinfer.config.schema import (
     ENGINES,
     POOLINGS,
@@ -86,10 +87,40 @@ class GenerateTaskConfig(TaskConfig):
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    # --- chat (#30) ---
+    chat_template: bool = False
+    """Wrap each plain-text prompt in the tokenizer's chat template as one user turn, with the
+    generation prompt (data.messages_field: chat messages always go through it)."""
+    system_prompt: str | None = None
+    """A system turn put before each chat (one that begins with its own system turn keeps it)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """More variables for the chat template (task.chat_template_kwargs.enable_thinking=false)."""
+    # --- per-request settings (#30); a row's data.params_field overrides each ---
+    stop: list[str] | None = None
+    """Stop strings: the answer ends before the first one it generates (finish_reason stop)."""
+    n: int = 1
+    """Answers per prompt, each from its own stream seeded by (seed, row, k): generated_text
+    and finish_reason become lists of n."""
+    logprobs: int | None = None
+    """Record each generated token's logprob and the k most likely tokens' (0: the chosen
+    token's only), in OpenAI's logprobs.content shape."""
+    response_format: Any = None
+    """Constrain the answer: a JSON schema (inline, or @file.json), a regex, or a list of
+    choices ([yes,no])."""
 
     def __post_init__(self) -> None:
         check_choice("task.engine", self.engine, ENGINES)
         check_positive("task.max_new_tokens", self.max_new_tokens)
+        check_positive("task.n", self.n)
+        self.stop = _checked("task.stop", request_settings.stop_strings, self.stop) or None
+        self.response_format = _checked(
+            "task.response_format", request_settings.response_format, self.response_format
+        )
+        if (
+            self.logprobs is not None
+            and not 0 <= self.logprobs <= request_settings.MAX_TOP_LOGPROBS
+        ):
+            raise ValueError(f"task.logprobs={self.logprobs} must be in [0, 20]")
         sampling = {"task.temperature": self.temperature != 1.0, "task.top_k": self.top_k,
                     "task.top_p": self.top_p}  # fmt: skip
         if not self.do_sample and (given := [key for key, value in sampling.items() if value]):
@@ -101,6 +132,13 @@ class GenerateTaskConfig(TaskConfig):
         check_positive("task.top_k", self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"task.top_p={self.top_p} must be in (0, 1]")
+
+
+def _checked(key: str, check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
 
 
 @dataclass(kw_only=True)

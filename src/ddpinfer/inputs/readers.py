@@ -73,6 +73,12 @@ class InputSpec:
     ``Row.fields`` like ``fields``, and part of the content digest, since they reach the output."""
     id_detected: bool = False
     """``id_field`` was unset, and the records have a field named ``id``: it is the id."""
+    digested: tuple[str, ...] = ()
+    """Fields of ``fields`` whose values decide a row's results (``data.params_field``): part
+    of the content digest, as kept fields are."""
+    text_check: FieldCheck | None = None
+    """Checks the text field's value when it is not plain text and returns it as text (chat
+    messages, ``data.messages_field``: as canonical JSON); a failed check makes a bad record."""
 
     def read_fields(self) -> list[str]:
         """Every field a record must have besides the text and the id."""
@@ -88,6 +94,8 @@ def open_spec(
     fields: tuple[tuple[str, FieldCheck | None], ...] = (),
     split: str | None = None,
     keep: tuple[str, ...] = (),
+    text_check: FieldCheck | None = None,
+    digested: tuple[str, ...] = (),
 ) -> InputSpec:
     found = find_input_files(path, fmt, split)
     detected = id_field is None and ID_FIELD in first_record_fields(found.files[0], found.format)
@@ -101,6 +109,8 @@ def open_spec(
         fields,
         keep,
         id_detected=detected,
+        text_check=text_check,
+        digested=digested,
     )
     if spec.read_fields() and spec.format == "text":
         raise InputError(
@@ -385,7 +395,7 @@ def make_row(
         if spec.format == "text":
             return Row(index, record_id, _check_text(at, record), at=at)
         record_id = _record_id(spec, at, index, record)
-        text = _record_text(spec, at, record)
+        text = _record_text(spec, file, at, record)
         return Row(index, record_id, text, fields=_record_fields(spec, file, at, record), at=at)
     except InputError as e:
         if not spec.skip_bad:  # a missing field is a setting to fix, not a record to skip
@@ -421,7 +431,7 @@ def _check_text(at: str, text: str) -> str:
     return text
 
 
-def _record_text(spec: InputSpec, at: str, record: dict) -> str:
+def _record_text(spec: InputSpec, file: Path, at: str, record: dict) -> str:
     if None in record:  # csv.DictReader puts surplus cells under the key None
         raise InputError(f"{at}: more cells than the header has columns.")
     if spec.text_field not in record:
@@ -430,6 +440,11 @@ def _record_text(spec: InputSpec, at: str, record: dict) -> str:
             f"HINT: set data.text_field=<one of them>."
         )
     text = record[spec.text_field]
+    if spec.text_check is not None:
+        try:
+            return spec.text_check(text, file.parent)
+        except ValueError as e:
+            raise InputError(f"{at}: field {spec.text_field!r}: {e}") from None
     if not isinstance(text, str):
         kind = "null" if text is None else type(text).__name__
         if spec.format == "csv" and text is None:

@@ -191,8 +191,10 @@ def _with(
 def _batches(spec: InputSpec, fast: bool, seek: SeekIndex | None) -> Iterator[_Batch]:
     """Every row in batches: by the fast path where it covers the format and settings; seek
     points noted in ``seek`` on the way."""
-    if not fast or spec.read_fields() or spec.format not in ("jsonl", *COLUMNAR):
-        yield from _row_batches(read_rows(spec, index=seek), spec.keep)
+    slow = spec.read_fields() or spec.text_check is not None  # fields checked record by record
+    if not fast or slow or spec.format not in ("jsonl", *COLUMNAR):
+        digested = spec.keep + tuple(f for f in spec.digested if f not in spec.keep)
+        yield from _row_batches(read_rows(spec, index=seek), digested)
         return
     first = 0
     for k, file in enumerate(spec.files):

@@ -44,12 +44,23 @@ class Output:
 
     @property
     def side_files(self) -> tuple[Path, ...]:
-        """Files written beside the output: the ids of an ``.npy`` matrix's rows."""
-        return (ids_path(self.path),) if self.format == "npy" else ()
+        """Files written beside the output: the ids of an ``.npy`` matrix's rows; the requests
+        of an OpenAI batch that could not run."""
+        return (side_file(self.path, self.format),) if side_file(self.path, self.format) else ()
 
     @property
     def files(self) -> tuple[Path, ...]:
         return (self.path, *self.side_files)
+
+
+def side_file(output: Path, fmt: str) -> Path | None:
+    """The file an output of ``fmt`` comes with, if any."""
+    if fmt == "npy":
+        return ids_path(output)
+    if fmt.startswith("openai_batch"):
+        stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+        return output.with_name(f"{stem}.errors.jsonl")
+    return None
 
 
 def ids_path(output: Path) -> Path:
@@ -63,7 +74,8 @@ def resolve_output(cfg: OutputConfig, run_dir: Path) -> Output:
     """output.path and its format (``auto``: from the suffix), or ``<run dir>/output.jsonl``."""
     if not cfg.path:
         fmt = "jsonl" if cfg.format == "auto" else cfg.format
-        name = "output" if fmt in FOLDER_FORMATS else f"output.{fmt}"
+        suffix = "jsonl" if fmt.startswith("openai_batch") else fmt
+        name = "output" if fmt in FOLDER_FORMATS else f"output.{suffix}"
         return Output(run_dir / name, fmt)
     given = cfg.path
     path = Path(given).expanduser()

@@ -27,15 +27,17 @@ from ddpinfer.inputs import scan as input_scan
 from ddpinfer.inputs.seek import SeekIndex
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
 from ddpinfer.launch.store_wait import after_every_rank
-from ddpinfer.plan import fingerprint, finished, work_units
+from ddpinfer.plan import fingerprint, finished, openai_batch_job, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
 from ddpinfer.plan.task_needs import (
     check_engine,
     check_keep_fields,
     check_model_path,
+    digested_fields,
     input_fields,
     model_path,
+    text_check,
 )
 from ddpinfer.rundir.atomic import atomic_text
 from ddpinfer.rundir.parts import parts_dir, unit_files
@@ -68,16 +70,20 @@ def input_spec(cfg: Config) -> inputs.InputSpec:
     return inputs.open_spec(
         cfg.data.path or str(SAMPLE_DATA),
         cfg.data.format,
-        cfg.data.text_field,
+        cfg.data.messages_field or cfg.data.text_field,
         cfg.data.id_field,
         skip_bad=cfg.data.on_error == "skip",
         fields=input_fields(cfg),
         split=cfg.data.split,
         keep=tuple(cfg.output.keep_fields or ()),
+        text_check=text_check(cfg),
+        digested=digested_fields(cfg),
     )
 
 
 def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.InputSpec, Output]:
+    if openai_batch_job.adopt(cfg) is None:  # an OpenAI batch file sets what reads it
+        openai_batch_job.check_output_format(cfg)
     output = resolve_output(cfg.output, run_dir)
     if output.format == "npy" and cfg.task.name != "embed":
         raise UserError(

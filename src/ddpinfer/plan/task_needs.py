@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from ddpinfer.config import Config
+from ddpinfer.config import Config, request_settings
 from ddpinfer.errors import UserError
-from ddpinfer.inputs import FieldCheck, images
+from ddpinfer.inputs import FieldCheck, chat, images
+from ddpinfer.plan.openai_batch_job import request_check
 
 
 class ModelPathError(UserError):
@@ -123,16 +124,57 @@ def custom_task_source(target: str) -> str:
 
 def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     """Record fields the task reads besides the text, each with the check run as it is read."""
-    if cfg.task.name == "image_text":
-        return ((cfg.data.image_field, images.check_paths),)
-    return ()
+    if (batch := request_check(cfg)) is not None:  # an OpenAI batch file
+        return (("method", batch.method), ("url", batch.url), ("body", batch.params))
+    fields: tuple[tuple[str, FieldCheck | None], ...] = ()
+    if cfg.task.name == "image_text" and not cfg.data.messages_field:
+        fields = ((cfg.data.image_field, images.check_paths),)
+    if cfg.data.params_field:
+        if cfg.task.name not in ("generate", "image_text"):
+            raise UserError(
+                f"data.params_field={cfg.data.params_field}: per-row settings are for "
+                f"task=generate or image_text, not task={cfg.task.name}. HINT: leave it unset."
+            )
+        fields += ((cfg.data.params_field, request_settings.check_params),)
+    return fields
+
+
+def digested_fields(cfg: Config) -> tuple[str, ...]:
+    """Fields the task reads whose values decide its results: in the rows' content digests."""
+    return (cfg.data.params_field,) if cfg.data.params_field else ()
+
+
+def text_check(cfg: Config) -> FieldCheck | None:
+    """data.messages_field: each record's messages checked as it is read, kept as JSON text."""
+    if (batch := request_check(cfg)) is not None:  # an OpenAI batch file
+        return batch.prompt
+    if not cfg.data.messages_field:
+        return None
+    if cfg.task.name not in ("generate", "image_text"):
+        raise UserError(
+            f"data.messages_field={cfg.data.messages_field}: chat messages are prompts for "
+            f"task=generate or image_text, not task={cfg.task.name}. HINT: leave it unset."
+        )
+    return chat.check_messages
 
 
 OUTPUT_COLUMNS = {
     "embed": ("embedding",),
     "classify": ("label", "score", "top_k"),
-    "generate": ("generated_text",),
-    "image_text": ("generated_text",),
+    "generate": (
+        "generated_text",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "logprobs",
+    ),
+    "image_text": (
+        "generated_text",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "logprobs",
+    ),
 }
 """The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
 

@@ -23,7 +23,8 @@ import orjson
 import pyarrow as pa
 
 from ddpinfer.errors import UserError
-from ddpinfer.plan import ids_path
+from ddpinfer.plan.outputs import side_file
+from ddpinfer.results import openai_batch
 from ddpinfer.rundir.atomic import atomic_dir, atomic_path, atomic_text
 from ddpinfer.rundir.parts import (
     ERRORS_KEY,
@@ -132,7 +133,8 @@ def merge_parts(
     written = errors = 0
     with contextlib.ExitStack() as stack:  # left in reverse: errors.jsonl renamed first
         tmp = stack.enter_context((atomic_dir if fmt == "hf_dataset" else atomic_path)(output))
-        ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
+        side = side_file(output, fmt)
+        ids_tmp = stack.enter_context(atomic_path(side)) if side is not None else None
         errors_file = stack.enter_context(atomic_text(errors_path))
         files = unit_files(run_dir)
         writer = writer_class(tmp, ids_tmp, files, units)
@@ -140,6 +142,8 @@ def merge_parts(
             for table, unit_errors in _checked_parts(files, units):
                 for record in unit_errors:
                     errors_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if unit_errors and hasattr(writer, "errors"):  # a format with an error file
+                    writer.errors(unit_errors)
                 errors += len(unit_errors)
                 if table.num_rows:
                     writer.write(table)
@@ -406,4 +410,5 @@ WRITERS = {
     "parquet": ParquetWriter,
     "npy": NpyWriter,
     "hf_dataset": HfDatasetWriter,
+    **openai_batch.writers(),
 }

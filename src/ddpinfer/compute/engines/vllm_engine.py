@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,25 @@ class RequestRejected(Exception):
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One of a request's n answers."""
+
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[dict[int, float]] | None = None
+    """Per generated token: token id -> logprob, the chosen token's and the top k (asked for)."""
+
+
+@dataclass(frozen=True)
 class Finished:
     request_id: str
     token_ids: list[int]
     finish_reason: str | None
+    prompt_tokens: int = 0
+    """The prompt's tokens as the engine counted them (image tokens included)."""
+    samples: list[Sample] = field(default_factory=list)
+    """All n answers (the first's tokens and finish reason are also ``token_ids`` and
+    ``finish_reason``)."""
 
 
 def check_installed() -> None:
@@ -128,12 +143,7 @@ class VllmEngine:
 
     def add(self, request_id: str, prompt: Any, sampling: Mapping[str, Any]) -> None:
         """Queue one request; ``RequestRejected`` when the engine refuses it."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
-            **sampling, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False
-        )
+        params = _sampling_params(sampling)
         try:
             self.engine.add_request(request_id, prompt, params)
         except Exception as e:  # validation: too long, empty, too many images, out of vocabulary
@@ -150,11 +160,7 @@ class VllmEngine:
             if self._dead():
                 raise EngineFailed(DIED) from e
             raise EngineFailed(f"the vLLM engine failed: {type(e).__name__}: {e}") from e
-        return [
-            Finished(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-            for o in outputs
-            if o.finished
-        ]
+        return [_finished(o) for o in outputs if o.finished]
 
     def _await_output(self) -> None:
         """Wait until the engine's process has sent its next output, or has died.
@@ -187,6 +193,38 @@ class VllmEngine:
         with contextlib.suppress(Exception):
             if core is not None:
                 core.shutdown()
+
+
+def _sampling_params(sampling: Mapping[str, Any]) -> Any:
+    """vLLM's ``SamplingParams`` for one request: finished requests only; text made by the
+    engine only where stop strings need it (ddpinfer decodes the tokens itself); a response
+    format as vLLM's structured outputs."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    args = dict(sampling)
+    if (fmt := args.pop("response_format", None)) is not None:
+        args["structured_outputs"] = StructuredOutputsParams(**fmt)
+    return SamplingParams(
+        **args, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=bool(args.get("stop"))
+    )
+
+
+def _finished(o: Any) -> Finished:
+    samples = [
+        Sample(
+            list(c.token_ids),
+            c.finish_reason,
+            None
+            if c.logprobs is None
+            else [{t: lp.logprob for t, lp in step.items()} for step in c.logprobs],
+        )
+        for c in o.outputs
+    ]
+    first = samples[0]
+    return Finished(
+        o.request_id, first.token_ids, first.finish_reason, len(o.prompt_token_ids or ()), samples
+    )
 
 
 @contextlib.contextmanager

@@ -20,9 +20,11 @@ from transformers import AutoModelForImageTextToText
 
 from ddpinfer.compute import model_loading
 from ddpinfer.compute.tasks.base import Columns
-from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask
+from ddpinfer.compute.tasks.generate import EnginePrompts, GenerateTask, check_chat_template
+from ddpinfer.compute.tasks.prompts import render
+from ddpinfer.compute.tasks.settings import Settings
 from ddpinfer.config import Config, ImageTextTaskConfig
-from ddpinfer.inputs import Row, images
+from ddpinfer.inputs import Row, chat, images
 
 
 @dataclass
@@ -31,47 +33,51 @@ class ImageTextItem:
     images: list[Any]
     tokens: int
     """Prompt tokens with the image tokens the processor expands the images into."""
+    settings: Settings | None = None
 
 
 class ImageTextTask(GenerateTask):
     window_rows = 512  # decoded images and pixel tensors of a whole window are held in memory
 
     def __init__(
-        self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str
-    ) -> None:
+        self, processor: Any, model, cfg: ImageTextTaskConfig, seed: int, image_field: str,
+        messages: bool = False, params_field: str | None = None,
+    ) -> None:  # fmt: skip
         # No truncation: cutting a prompt could cut image tokens the model then cannot match.
-        super().__init__(processor.tokenizer, model, None, cfg, seed)
+        super().__init__(processor.tokenizer, model, None, cfg, seed, messages, params_field)
         self.processor = processor
         self.image_field = image_field
+        self.messages = messages
         # prepare and collate run on the background thread, but a batch split after an error
         # is collated on the compute thread: one processor call at a time.
         self._processor_lock = threading.Lock()
-
-    def prompt(self, text: str, num_images: int) -> str:
-        return chat_prompt(self.processor, self.cfg.chat_template, text, num_images)
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         items: list[Any] = []
         for row in rows:
             try:
                 items.append(self._prepare_row(row))
-            except images.ImageError as e:
+            except (images.ImageError, ValueError) as e:
                 items.append(e)
             except Exception as e:
                 items.append(RuntimeError(f"processor failed: {type(e).__name__}: {e}"))
         return items
 
     def _prepare_row(self, row: Row) -> ImageTextItem:
-        paths = (row.fields or {})[self.image_field]
-        decoded = images.load(paths)
-        prompt = self.prompt(row.text, len(decoded))
+        prompt, decoded = row_prompt(self.processor, self.cfg, row, self.image_field, self.messages)
+        settings = self.prompt_ids.settings(row)
+        if settings.n > 1:
+            raise ValueError(
+                "n > 1 with image_text runs on task.engine=vllm only (here each answer would "
+                "need its own copy of the images). HINT: task.engine=vllm, or n=1."
+            )
         with self._processor_lock:
             alone = self.processor(images=decoded, text=[prompt], return_tensors="pt")
-        return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]))
+        return ImageTextItem(prompt, decoded, int(alone["input_ids"].shape[1]), settings)
 
     def cost(self, item: ImageTextItem) -> int:
         """Prompt and image tokens, and every token that may be generated after them."""
-        return item.tokens + self.cfg.max_new_tokens
+        return item.tokens + item.settings.max_tokens
 
     def collate(self, items: Sequence[ImageTextItem]) -> dict[str, torch.Tensor]:
         with self._processor_lock:
@@ -81,23 +87,33 @@ class ImageTextTask(GenerateTask):
                 padding=True,
                 return_tensors="pt",
             )
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return {**tensors, "settings": [item.settings for item in items]}
 
     @torch.inference_mode()
-    def __call__(self, batch: Mapping[str, torch.Tensor], rows: Sequence[int]) -> Columns:
+    def __call__(self, batch: Mapping[str, Any], rows: Sequence[int]) -> Columns:
         dtype = self.model.dtype  # pixel values arrive as float32
-        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        batch = {
+            k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in batch.items()
+        }
         return super().__call__(batch, rows)
 
 
-def chat_prompt(processor: Any, chat_template: bool, text: str, num_images: int) -> str:
-    """One user turn, the image(s) then the text, with the generation prompt (``chat_template``
-    false: the text as it is)."""
-    if not chat_template:
-        return text
-    content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
-    conversation = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+def row_prompt(
+    processor: Any, cfg: ImageTextTaskConfig, row: Row, image_field: str, messages: bool
+) -> tuple[str, list[Any]]:
+    """A row's prompt text and its decoded images: its chat messages (``data.messages_field``)
+    through the processor's chat template, else its text and images as one user turn (with
+    ``task.chat_template=false``: the text as it is)."""
+    if messages:
+        conversation, decoded = chat.conversation(chat.parse(row.text))
+        return render(processor, conversation, cfg), decoded
+    decoded = images.load((row.fields or {})[image_field])
+    if not cfg.chat_template:
+        return row.text, decoded
+    content = [{"type": "image"}] * len(decoded) + [{"type": "text", "text": row.text}]
+    return render(processor, [{"role": "user", "content": content}], cfg), decoded
 
 
 class ImageTextEnginePrompts(EnginePrompts):
@@ -108,20 +124,28 @@ class ImageTextEnginePrompts(EnginePrompts):
     images_per_prompt = 4
     """The engine's limit of images per prompt (more: +task.vllm.extra.limit_mm_per_prompt=...)."""
 
-    def __init__(self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str):
-        super().__init__(processor.tokenizer, None, cfg, seed)
+    def __init__(
+        self, processor: Any, cfg: ImageTextTaskConfig, seed: int, image_field: str,
+        messages: bool = False, params_field: str | None = None,
+    ):  # fmt: skip
+        super().__init__(processor.tokenizer, None, cfg, seed, messages, params_field)
         self.processor = processor
         self.image_field = image_field
+        self.messages = messages
 
     def prepare(self, rows: Sequence[Row]) -> list[Any]:
         return [self._prepare_row(row) for row in rows]
 
     def _prepare_row(self, row: Row) -> Any:
         try:
-            decoded = images.load((row.fields or {})[self.image_field])
-        except images.ImageError as e:
+            self.prompt_ids.settings(row)  # a row whose n does not fit fails here
+            text, decoded = row_prompt(
+                self.processor, self.cfg, row, self.image_field, self.messages
+            )
+        except (images.ImageError, ValueError) as e:
             return e
-        text = chat_prompt(self.processor, self.cfg.chat_template, row.text, len(decoded))
+        except Exception as e:
+            return RuntimeError(f"the chat template failed: {type(e).__name__}: {e}")
         return {
             "prompt": text,
             "multi_modal_data": {"image": decoded[0] if len(decoded) == 1 else decoded},
@@ -133,7 +157,9 @@ class ImageTextEnginePrompts(EnginePrompts):
 
 def load_processor(cfg: Config, path: str) -> Any:
     processor = model_loading.load_processor(cfg.model, path)
-    if cfg.task.chat_template and not getattr(processor, "chat_template", None):
+    if cfg.data.messages_field:
+        check_chat_template(cfg, path, processor)
+    elif cfg.task.chat_template and not getattr(processor, "chat_template", None):
         raise model_loading.ModelLoadError(
             f"model.path={path}: the processor has no chat template. HINT: set "
             "task.chat_template=false and write the model's image placeholders into the text."
@@ -143,11 +169,15 @@ def load_processor(cfg: Config, path: str) -> Any:
 
 def build_prompts(cfg: Config, path: str) -> ImageTextEnginePrompts:
     return ImageTextEnginePrompts(
-        load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field
-    )
+        load_processor(cfg, path), cfg.task, cfg.seed, cfg.data.image_field,
+        bool(cfg.data.messages_field), cfg.data.params_field,
+    )  # fmt: skip
 
 
 def build(cfg: Config, path: str, device: torch.device) -> ImageTextTask:
     processor = load_processor(cfg, path)
     model = model_loading.load_model(AutoModelForImageTextToText, cfg.model, path, device)
-    return ImageTextTask(processor, model, cfg.task, cfg.seed, cfg.data.image_field)
+    return ImageTextTask(
+        processor, model, cfg.task, cfg.seed, cfg.data.image_field,
+        bool(cfg.data.messages_field), cfg.data.params_field,
+    )  # fmt: skip
