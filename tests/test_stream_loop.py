@@ -53,7 +53,7 @@ class Prompts:
         self.made += len(rows)
         return [{"prompt": r.text} for r in rows]
 
-    def sampling(self, index):
+    def sampling(self, row):
         return {}
 
     def prompt_tokens(self, prompt):
@@ -61,6 +61,9 @@ class Prompts:
 
     def text(self, token_ids):
         return "ok"
+
+    def columns(self, done, row):
+        return {"generated_text": [self.text(done.token_ids)]}
 
 
 class Writer:
