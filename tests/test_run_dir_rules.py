@@ -99,3 +99,63 @@ def test_a_unit_finished_as_fragments_over_two_stopped_attempts_is_kept(tmp_path
     assert "overlap" not in log and "cannot be trusted" not in log
     assert re.findall(r"(\d+) input\(s\) to do", log)[-1] == str(left)
     assert_same_output(tmp_path, "out")
+
+
+def run_requeued(overrides):
+    """``run_in_process`` as a later attempt of its job (a SLURM requeue)."""
+    import helpers
+    from hydra import compose, initialize_config_dir
+
+    from ddpinfer.config import register_configs, to_config
+    from ddpinfer.runner import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(helpers.REPO / "conf"), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=[*overrides, "cpu_threads=1"]))
+    return run(cfg, environ={"SLURM_RESTART_COUNT": "1"})
+
+
+def test_an_interrupted_fresh_start_never_resumes_stale_work(tmp_path, bert_embedder, monkeypatch):
+    """run.fresh=true with another setting is stopped while it deletes the old parts: its
+    requeued attempt (which resumes what the first attempt started) discards the rest, and
+    the output is the new setting's."""
+    import types
+
+    from ddpinfer.rundir import store
+
+    write_jsonl(tmp_path / "in.jsonl", texts(12))
+    run_in_process(args(tmp_path, bert_embedder, "out"))  # stale work: normalized embeddings
+    new = args(tmp_path, bert_embedder, "out", "task.normalize=false", "run.fresh=true")
+    run_in_process(args(tmp_path, bert_embedder, "ref", "task.normalize=false"))
+
+    class Stopped(Exception):
+        pass
+
+    def stopped_midway(path, *a, **k):  # stopped after the first part is gone
+        next(iter(sorted(path.glob("unit-*")))).unlink()
+        raise Stopped
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "shutil", types.SimpleNamespace(rmtree=stopped_midway))
+        with pytest.raises(Stopped):
+            run_in_process(new)
+    assert len(list((tmp_path / "out" / "parts").glob("unit-*"))) == 2  # stale parts left
+    with pytest.raises(FingerprintMismatch, match="no fingerprint.json"):  # another command
+        run_in_process(args(tmp_path, bert_embedder, "out", "task.normalize=false"))
+    run_requeued(new)
+    assert_same_output(tmp_path, "out")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "npy", "hf_dataset"])
+def test_a_merge_with_a_unit_missing_names_it_in_every_format(tmp_path, fmt):
+    from ddpinfer.results.merge import MergeError, merge_parts
+    from ddpinfer.rundir.parts import build_table, write_part
+
+    units = [range(0, 2), range(2, 4), range(4, 6)]
+    for i in (0, 2):
+        emb = np.ones((2, 3), np.float32)
+        write_part(tmp_path, i, build_table(list(units[i]), list(units[i]), {"embedding": emb}, []))
+    out = tmp_path / ("out" if fmt == "hf_dataset" else f"out.{fmt}")
+    with pytest.raises(MergeError, match=r"unit 1 \(rows 2-3\)"):
+        merge_parts(tmp_path, units, out, fmt)
+    assert not out.exists()
