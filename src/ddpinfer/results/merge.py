@@ -357,8 +357,7 @@ def file_sha256(path: Path) -> str:
 def _part_schemas(files: dict[int, list[Path]], units: list[range]) -> Iterator[pa.Schema]:
     for i in range(len(units)):
         for path in files[i]:
-            with pa.OSFile(str(path)) as f:
-                yield pa.ipc.open_file(f).schema
+            yield read_part(path)[0].schema
 
 
 class NpyWriter:

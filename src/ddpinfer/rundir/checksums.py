@@ -1,75 +1,78 @@
-"""Every stored batch verifies itself: each Arrow record batch of a part, fragment or journal is
-written with an xxh3-64 checksum of its bytes and of its schema (which holds the batch's error
-records) in the batch's own custom metadata. A reader recomputes it and drops a batch that does
-not match: a torn append that reads back as zeros, a truncated file, flipped bits.
+"""Every stored record verifies itself: an xxh3-64 checksum of its bytes, stored with it and
+checked before Arrow parses a byte of it. A torn append that reads back as zeros, a file cut
+short, garbage appended or flipped bits are found, and the record is left out (its rows are
+computed again). Checking before parsing matters: Arrow trusts the lengths and offsets in the
+bytes it reads, and damaged ones can crash the process, at every re-run.
 
-The checksum covers the batch as Arrow serializes it, which is the same bytes whether the batch
-was built, sliced, filtered or read back from a file."""
+- A part or fragment is one Arrow IPC file followed by a trailer: the checksum of the file's
+  bytes, then ``MAGIC``. ``pa.ipc.open_file`` reads it through a view without the trailer.
+- A journal is a sequence of records, one per batch, each a header (``MAGIC``, the payload's
+  length, its checksum) followed by the payload: an Arrow IPC stream.
+"""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import pyarrow as pa
 import xxhash
 
-CHECKSUM_KEY = b"ddpinfer.xxh3"
+MAGIC = b"DDPXXH3\x01"
+TRAILER = struct.Struct("<Q8s")
+"""A part's trailer: the checksum of the bytes before it, then MAGIC."""
+HEADER = struct.Struct("<8sQQ")
+"""A journal record's header: MAGIC, the payload's length, its checksum."""
 
 
 class ChecksumError(ValueError):
-    """A stored batch whose bytes are not the ones written."""
+    """Stored bytes that are not the ones written."""
 
 
-def checksum(schema: pa.Schema, batch: pa.RecordBatch) -> bytes:
-    digest = xxhash.xxh3_64()
-    digest.update(schema.serialize().to_pybytes())
-    digest.update(batch.serialize().to_pybytes())
-    return digest.hexdigest().encode()
+def _digest(data) -> int:
+    return xxhash.xxh3_64_intdigest(memoryview(data))
 
 
-def batches(table: pa.Table) -> list[pa.RecordBatch]:
-    """The table's record batches, at least one (an empty one for a table without rows, so that
-    its schema, and the error records in it, are checked too)."""
-    found = table.to_batches()
-    if found:
-        return found
-    empty = [pa.array([], type=f.type) for f in table.schema]
-    return [pa.RecordBatch.from_arrays(empty, schema=table.schema)]
+def sealed(payload: pa.Buffer) -> bytes:
+    """A part's bytes: ``payload`` (an Arrow IPC file) and its trailer."""
+    return TRAILER.pack(_digest(payload), MAGIC)
 
 
-def write_checked(writer: pa.ipc.RecordBatchFileWriter, table: pa.Table) -> None:
-    """Write ``table`` through an IPC ``writer`` (file or stream), each batch with its checksum."""
-    for batch in batches(table):
-        writer.write_batch(batch, custom_metadata={CHECKSUM_KEY: checksum(table.schema, batch)})
+def unsealed(data: pa.Buffer) -> pa.Buffer:
+    """The Arrow IPC file inside a part's bytes, once its checksum matches."""
+    if data.size < TRAILER.size:
+        raise ChecksumError("shorter than its checksum")
+    checksum, magic = TRAILER.unpack(data[data.size - TRAILER.size :].to_pybytes())
+    if magic != MAGIC:
+        raise ChecksumError("no checksum at its end (cut short, or something appended)")
+    payload = data.slice(0, data.size - TRAILER.size)
+    if _digest(payload) != checksum:
+        raise ChecksumError("its checksum does not match its bytes")
+    return payload
 
 
-def verified(schema: pa.Schema, batch: pa.RecordBatch, metadata) -> pa.RecordBatch:
-    """``batch`` if its stored checksum matches its bytes; else raise ``ChecksumError``."""
-    stored = (metadata or {}).get(CHECKSUM_KEY) if metadata is not None else None
-    if stored is None:
-        raise ChecksumError("a batch without a checksum")
-    if stored != checksum(schema, batch):
-        raise ChecksumError("a batch whose checksum does not match its bytes")
-    return batch
+def framed(payload: pa.Buffer) -> bytes:
+    """A journal record's header, to be written just before ``payload``."""
+    return HEADER.pack(MAGIC, payload.size, _digest(payload))
 
 
-def read_file_checked(source) -> pa.Table:
-    """Every batch of an Arrow IPC file, verified; raises ``ChecksumError`` or Arrow's error."""
-    reader = pa.ipc.open_file(source)
-    found = [
-        verified(reader.schema, *reader.get_batch_with_custom_metadata(i))
-        for i in range(reader.num_record_batches)
-    ]
-    if not found:
-        raise ChecksumError("a file without batches")
-    return pa.Table.from_batches(found, schema=reader.schema)
-
-
-def read_stream_checked(reader: pa.ipc.RecordBatchStreamReader) -> Iterator[pa.RecordBatch]:
-    """The batches of one IPC stream, each verified."""
-    while True:
-        try:
-            batch, metadata = reader.read_next_batch_with_custom_metadata()
-        except StopIteration:
+def records(data: pa.Buffer) -> Iterator[tuple[int, pa.Buffer | None, str]]:
+    """A journal's records in order: (offset, payload, "") for each whose checksum matches,
+    (offset, None, why) for one that does not (its header is intact: the next is found); the
+    first record whose header is damaged or cut short ends it, as (offset, None, why)."""
+    at = 0
+    while at < data.size:
+        if data.size - at < HEADER.size:
+            yield at, None, "a record cut short"
             return
-        yield verified(reader.schema, batch, metadata)
+        magic, length, checksum = HEADER.unpack(data[at : at + HEADER.size].to_pybytes())
+        start = at + HEADER.size
+        if magic != MAGIC or length > data.size - start:
+            yield at, None, "a damaged or cut-short record; nothing after it can be found"
+            return
+        payload = data.slice(start, length)
+        if _digest(payload) == checksum:
+            yield at, payload, ""
+        else:
+            yield at, None, "a record whose checksum does not match its bytes"
+        at = start + length

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ddpinfer.rundir.atomic import fsync_dir
-from ddpinfer.rundir.checksums import ChecksumError, read_stream_checked, write_checked
+from ddpinfer.rundir.checksums import framed, records
 from ddpinfer.rundir.parts import (
     ERRORS_KEY,
     combine_parts,
@@ -57,8 +57,9 @@ class Journal:
             self._file = open(self.path, "ab")
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
-            write_checked(writer, table)
-        self._file.write(sink.getvalue())
+            writer.write_table(table)
+        payload = sink.getvalue()
+        self._file.write(framed(payload) + payload.to_pybytes())
         self._file.flush()
         os.fsync(self._file.fileno())
         if new:  # the journal's name, too, is on disk before the batch counts as kept
@@ -80,41 +81,19 @@ def journals(run_dir: Path) -> list[Path]:
 
 
 def read_journal(path: Path) -> Iterator[pa.Table]:
-    """The journal's mini-parts whose checksums match, in order. A mini-part whose bytes
-    changed is left out (the log says so); reading stops at the first one that does not parse
-    (a crash mid-write: nothing after it can be found)."""
+    """The journal's mini-parts whose checksums match, in order. One that does not is left
+    out, and the log names the file; a record cut short or damaged in its header ends it (a
+    crash mid-write: nothing after it can be found)."""
     with pa.memory_map(str(path)) as source:
-        while source.tell() < source.size():
-            start = source.tell()
-            try:
-                reader = pa.ipc.open_stream(source)
-                batches = list(read_stream_checked(reader))
-            except ChecksumError as e:
-                log.warning("%s: left out a batch at byte %d (%s): recomputing it", path, start, e)
-                _skip_stream(source, reader)
-                continue
-            except (OSError, pa.ArrowException, ValueError) as e:
-                log.warning(
-                    "%s: cannot read on from byte %d (%s: cut short by a crash?): recomputing "
-                    "what was journaled after it",
-                    path,
-                    start,
-                    type(e).__name__,
-                )
-                return
-            yield pa.Table.from_batches(batches, schema=reader.schema)
-
-
-def _skip_stream(source: pa.MemoryMappedFile, reader: pa.ipc.RecordBatchStreamReader) -> None:
-    """Move past the rest of a stream whose batch failed its check, to the next mini-part."""
-    while True:
+        data = source.read_buffer()
+    for offset, payload, why in records(data):
+        if payload is None:
+            log.warning("%s: byte %d: %s: recomputing its rows", path, offset, why)
+            continue
         try:
-            reader.read_next_batch()
-        except StopIteration:
-            return
-        except (OSError, pa.ArrowException):  # nothing after it can be found
-            source.seek(source.size())
-            return
+            yield pa.ipc.open_stream(payload).read_all()
+        except (OSError, pa.ArrowException) as e:  # checksum right, bytes wrong: a bug
+            log.warning("%s: byte %d: cannot be read (%s): recomputing its rows", path, offset, e)
 
 
 def salvage(

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from ddpinfer.errors import UserError
 from ddpinfer.rundir.atomic import atomic_path
-from ddpinfer.rundir.checksums import ChecksumError, read_file_checked, write_checked
+from ddpinfer.rundir.checksums import ChecksumError, sealed, unsealed
 
 PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
 FRAGMENT_NAME = re.compile(r"^unit-(\d{6,})\.f-([0-9a-f]+)\.arrow$")
@@ -133,17 +133,23 @@ def write_part(run_dir: Path, unit: int, table: pa.Table, tag: str | None = None
 
 
 def write_table(path: Path, table: pa.Table) -> Path:
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            write_checked(writer, table)
+    """An Arrow IPC file and its checksum (``checksums``), written atomically."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue()
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as out:
+        out.write(payload)
+        out.write(sealed(payload))
     return path
 
 
 def read_table(path: Path) -> pa.Table:
-    """A part or fragment, every batch checked against its checksum (memory-mapped, not
-    copied); raises ``ChecksumError``, ``OSError`` or Arrow's error when it cannot be trusted."""
+    """A part or fragment (memory-mapped, not copied), once its checksum matches; raises
+    ``ChecksumError``, ``OSError`` or Arrow's error when it cannot be trusted."""
     with pa.memory_map(str(path)) as source:
-        return read_file_checked(source)
+        data = source.read_buffer()
+    return pa.ipc.open_file(unsealed(data)).read_all()
 
 
 def read_part(path: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
