@@ -197,3 +197,59 @@ def test_damaged_journals_and_parts_are_found_and_recomputed(tmp_path, bert_embe
     log = (tmp_path / "out" / "logs" / "rank0.log").read_text()
     damaged = [name for name, kind in kinds.items() if kind != "garbage"]
     assert any(name in log for name in damaged), kinds  # the log names what it left out
+
+
+def test_the_lock_sweeps_its_own_temporaries_not_a_nested_run_directorys(tmp_path, bert_embedder):
+    """run.dir=runs, with another job's run directory runs/other below it: taking the lock of
+    runs sweeps what dead writers of runs left, never the other job's temporaries."""
+    write_jsonl(tmp_path / "in.jsonl", texts(4))
+    hex32 = "c" * 32
+    theirs = [
+        tmp_path / "runs" / "other" / f".fingerprint.json.tmp-{hex32}",
+        tmp_path / "runs" / "other" / "parts" / f".unit-000000.arrow.tmp-{hex32}",
+    ]
+    ours = [
+        tmp_path / "runs" / f".config.yaml.tmp-{hex32}",
+        tmp_path / "runs" / "parts" / f".unit-000000.arrow.tmp-{hex32}",
+    ]
+    for path in theirs + ours:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a writer's temporary")
+    run = [
+        a if not a.startswith("run.dir=") else f"run.dir={tmp_path / 'runs'}"
+        for a in args(tmp_path, bert_embedder)
+    ]
+    run_in_process(run)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+
+
+def test_fragments_beside_a_whole_part_are_deleted_and_never_come_back(tmp_path):
+    from ddpinfer.rundir import store
+    from ddpinfer.rundir.parts import build_table, part_path, unit_files, write_part
+
+    units = [range(0, 4)]
+    emb = np.ones((4, 2), np.float32)
+    write_part(tmp_path, 0, build_table(list(range(4)), list(range(4)), {"embedding": emb}, []))
+    write_part(tmp_path, 0, build_table([0, 1], [0, 1], {"embedding": emb[:2]}, []), tag="ab")
+    done = store.settle(tmp_path, units, 4, {"x": 1})
+    assert done.whole == {0} and [p.name for p in unit_files(tmp_path)[0]] == ["unit-000000.arrow"]
+    part_path(tmp_path, 0).unlink()  # the part is dropped later (damaged, or its rows changed)
+    assert store.settle(tmp_path, units, 4, {"x": 1}) == store.DoneRows()
+
+
+def test_renames_and_new_journals_are_made_durable_in_their_folder(tmp_path, monkeypatch):
+    """A part's rename and a journal's creation fsync parts/ itself: a crash after them cannot
+    bring back a deleted name or lose a new one."""
+    from ddpinfer.rundir import atomic, journal
+    from ddpinfer.rundir.parts import build_table, parts_dir, write_part
+
+    synced = []
+    monkeypatch.setattr(atomic, "fsync_dir", synced.append)
+    monkeypatch.setattr(journal, "fsync_dir", synced.append)
+    table = build_table([0], [0], {"embedding": np.ones((1, 2), np.float32)}, [])
+    write_part(tmp_path, 0, table)
+    assert synced == [parts_dir(tmp_path)]
+    log = journal.Journal(tmp_path)
+    log.append(table)
+    log.append(table)
+    assert synced == [parts_dir(tmp_path)] * 2  # once, when the journal is new

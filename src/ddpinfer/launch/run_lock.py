@@ -34,7 +34,8 @@ from pathlib import Path
 from ddpinfer.config import RunConfig
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
-from ddpinfer.rundir.atomic import atomic_text, sweep_temporaries
+from ddpinfer.rundir.atomic import atomic_text
+from ddpinfer.rundir.store import sweep_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class RunLock:
         holder = Owner.read(self.path)
         if holder is None or holder.token != self.owner.token:
             raise self._locked(holder)
-        sweep_temporaries(self.path.parent)
+        sweep_run_dir(self.path.parent)
         self._thread.start()
         return self
 

@@ -16,10 +16,11 @@ TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{32}$")
 
 
 def sweep_temporaries(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete the temporaries a writer that died left in ``folder`` and the folders below it
-    (only those of ``name`` when given: ``folder`` is not all ours). Call it only while no other
-    writer can be at work there: under the run directory's lock. Returns what was deleted."""
-    found = folder.glob(f".{name}.*") if name else folder.rglob(".*")
+    """Delete the temporaries a writer that died left in ``folder``, not in the folders below
+    it (only those of ``name`` when given: ``folder`` is not all ours). Call it only while no
+    other writer can be at work there: under the run directory's lock. Returns what was
+    deleted."""
+    found = folder.glob(f".{name}.*" if name else ".*")
     swept = []
     for path in found:
         if not TEMPORARY.match(path.name):

@@ -33,13 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from ddpinfer.errors import UserError
-from ddpinfer.rundir.atomic import atomic_text, fsync_dir
+from ddpinfer.rundir.atomic import atomic_text, fsync_dir, sweep_temporaries
 from ddpinfer.rundir.journal import journals, salvage
 from ddpinfer.rundir.parts import held_rows, is_part, parts_dir, unit_files
 
 log = logging.getLogger("ddpinfer")
 
 FINGERPRINT = "fingerprint.json"
+OWN_FOLDERS = ("parts", "stats", "logs")
+"""The folders of a run directory that ddpinfer writes in. Another run's directory may sit
+below this one (run.dir=runs, beside runs/<name>): it is not ours to sweep."""
 
 
 class FingerprintMismatch(UserError):
@@ -79,6 +82,16 @@ def load_fingerprint(run_dir: Path) -> dict[str, Any] | None:
             "and starts over; run.name=<new name> (or another output.path) keeps it and runs "
             "in a new directory."
         ) from None
+
+
+def sweep_run_dir(run_dir: Path) -> list[Path]:
+    """Delete the temporaries that writers of this run directory left when they died (call
+    it under the run lock): in the directory itself and in its own folders, nowhere deeper."""
+    swept = sweep_temporaries(run_dir)
+    for name in OWN_FOLDERS:
+        if (run_dir / name).is_dir():
+            swept += sweep_temporaries(run_dir / name)
+    return swept
 
 
 def has_work(run_dir: Path) -> int:
