@@ -253,3 +253,22 @@ def test_renames_and_new_journals_are_made_durable_in_their_folder(tmp_path, mon
     log.append(table)
     log.append(table)
     assert synced == [parts_dir(tmp_path)] * 2  # once, when the journal is new
+
+
+def test_with_shared_fs_false_rank_0s_node_mates_are_fenced_too(tmp_path):
+    """output.shared_fs=false skips the probe, so no rank but 0 is known to see its run
+    directory: a rank that finds rank 0's lock naming its job (a node-mate of rank 0) writes
+    there, and is fenced; a rank whose run directory has no such lock (another node) is not."""
+    import json
+
+    from ddpinfer.launch.run_lock import LockFence, LostRunLock
+
+    lock = tmp_path / "run.lock"
+    owner = {"token": "ours", "job": "1", "pid": 1, "host": "h", "heartbeat": 0.0, "attempt": 0}
+    lock.write_text(json.dumps(owner))
+    mate = LockFence.guarding(lock, "ours", sees_run_dir=False)
+    elsewhere = LockFence.guarding(tmp_path / "other" / "run.lock", "ours", sees_run_dir=False)
+    lock.write_text(json.dumps({**owner, "token": "another-job"}))
+    with pytest.raises(LostRunLock):
+        mate.check()
+    elsewhere.check()

@@ -110,6 +110,16 @@ class LockFence:
         self.path = path
         self.token = token
 
+    @classmethod
+    def guarding(cls, path: Path, token: str | None, sees_run_dir: bool) -> LockFence:
+        """The fence of a rank: on where it sees rank 0's run directory, found by the probe,
+        or, where no probe ran (output.shared_fs=false), by the lock naming this job: rank 0's
+        node-mates write into rank 0's run directory whatever the setting says."""
+        if sees_run_dir:
+            return cls(path, token)
+        holder = Owner.read(path)
+        return cls(path if holder and holder.token == token else None, token)
+
     def check(self) -> None:
         if self.path is None or self.token is None:
             return
