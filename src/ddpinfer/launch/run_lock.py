@@ -34,7 +34,8 @@ from pathlib import Path
 from ddpinfer.config import RunConfig
 from ddpinfer.errors import UserError
 from ddpinfer.launch.env import LaunchEnv
-from ddpinfer.rundir.atomic import atomic_text, sweep_temporaries
+from ddpinfer.rundir.atomic import atomic_text
+from ddpinfer.rundir.store import sweep_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,16 @@ class LockFence:
         self.path = path
         self.token = token
 
+    @classmethod
+    def guarding(cls, path: Path, token: str | None, sees_run_dir: bool) -> LockFence:
+        """The fence of a rank: on where it sees rank 0's run directory, found by the probe,
+        or, where no probe ran (output.shared_fs=false), by the lock naming this job: rank 0's
+        node-mates write into rank 0's run directory whatever the setting says."""
+        if sees_run_dir:
+            return cls(path, token)
+        holder = Owner.read(path)
+        return cls(path if holder and holder.token == token else None, token)
+
     def check(self) -> None:
         if self.path is None or self.token is None:
             return
@@ -181,7 +192,7 @@ class RunLock:
         holder = Owner.read(self.path)
         if holder is None or holder.token != self.owner.token:
             raise self._locked(holder)
-        sweep_temporaries(self.path.parent)
+        sweep_run_dir(self.path.parent)
         self._thread.start()
         return self
 

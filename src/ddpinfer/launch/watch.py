@@ -25,8 +25,7 @@ class Watch:
     def guard_writes(self, sees_run_dir: bool) -> None:
         """From now on ``fence`` refuses writes once the lock no longer names this job (only
         where this rank sees rank 0's run directory and its lock)."""
-        if sees_run_dir:
-            self._fence = LockFence(self._lock_path, self._token)
+        self._fence = LockFence.guarding(self._lock_path, self._token, sees_run_dir)
 
     def fence(self) -> None:
         """Before a write into the run directory: raise ``LostRunLock`` if the job lost it."""

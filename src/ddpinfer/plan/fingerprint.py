@@ -17,28 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from ddpinfer.config import Config
-from ddpinfer.errors import UserError
 from ddpinfer.inputs import InputScan, InputSpec
 from ddpinfer.inputs import digests as content_digest
 from ddpinfer.plan.task_needs import custom_task_source
-from ddpinfer.rundir.atomic import atomic_text
+from ddpinfer.rundir.store import FINGERPRINT, FingerprintMismatch
 
-FINGERPRINT = "fingerprint.json"
 WHOLE_FILE_BYTES = 1 << 20
 SAMPLES, SAMPLE_BYTES = 16, 64 << 10
 MAX_HEADER_BYTES = 100 << 20
 UNIT_KEY = "unit_digests"
 BLOCK_KEY = "digest_block_rows"
 """Rows per digest block the unit digests were made from (so a re-run hashes them alike)."""
-
-
-class FingerprintMismatch(UserError):
-    """The run directory holds work from a run with other inputs, model or settings."""
 
 
 def _weights_digest(path: Path, size: int) -> str:
@@ -181,26 +174,6 @@ def _refuse(run_dir: Path, what: str) -> FingerprintMismatch:
     )
 
 
-def load(run_dir: Path) -> dict[str, Any] | None:
-    """The stored fingerprint; None when there is none. One that cannot be read (truncated by
-    a full disk, edited by hand) says nothing about the finished work: refused."""
-    path = run_dir / FINGERPRINT
-    if not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-        if not isinstance(stored, dict):
-            raise ValueError(f"a JSON {type(stored).__name__}, not an object")
-        return stored
-    except (OSError, ValueError) as e:
-        raise FingerprintMismatch(
-            f"{path} cannot be read ({type(e).__name__}: {e}), so what the finished work in "
-            f"{run_dir} was computed from is unknown. HINT: run.fresh=true discards that work "
-            "and starts over; run.name=<new name> (or another output.path) keeps it and runs "
-            "in a new directory."
-        ) from None
-
-
 def changed_units(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) -> list[int]:
     """The units whose rows changed since ``stored`` was made, and those that are gone (rows
     removed at the end); raise if anything else did (another model, task, unit size: nothing
@@ -242,8 +215,3 @@ def refuse_parts_without_fingerprint(run_dir: Path, num_parts: int) -> Fingerpri
         f"({num_parts} part file(s)) but no {FINGERPRINT} saying what it was computed from, so it "
         "cannot be checked against this run",
     )
-
-
-def store(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    with atomic_text(run_dir / FINGERPRINT) as f:
-        json.dump(fingerprint, f, indent=2)

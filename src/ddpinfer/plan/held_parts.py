@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 from ddpinfer.launch import ProcessGroup
-from ddpinfer.plan import fingerprint, finished
-from ddpinfer.rundir.journal import salvage
-from ddpinfer.rundir.parts import drop_unreadable_parts, parts_dir, unit_files
+from ddpinfer.plan import fingerprint
+from ddpinfer.rundir import store
+from ddpinfer.rundir.store import DoneRows
 
 log = logging.getLogger(__name__)
 
@@ -44,55 +44,44 @@ def ranks_sharing_run_dir(group: ProcessGroup, run_dir: Path, setting: str) -> l
 
 def reconcile_held_parts(
     run_dir: Path, current: dict, started_fresh: bool, units: list[range]
-) -> dict[int, list[int] | None]:
+) -> DoneRows:
     """On a node that does not share rank 0's run directory: the work its own run directory
-    holds that was computed from this run's inputs, model and settings, by unit: None for a
-    whole unit, else the rows its fragments hold (journals are salvaged first). What cannot be
-    trusted (no fingerprint, another run's, rows changed, run.fresh) is deleted, then rank 0's
-    fingerprint is stored beside the work this attempt will add."""
-    if broken := drop_unreadable_parts(run_dir):
-        log.warning("%d unit(s) had a file that cannot be read (cut short?): deleted", len(broken))
-    whole = {
-        u
-        for u, paths in unit_files(run_dir).items()
-        if len(paths) == 1 and ".f-" not in paths[0].name
-    }
-    unit_size = len(units[0]) if units else 1
-    salvage(run_dir, unit_size, whole)
-    files = unit_files(run_dir)
-    stale = _stale(run_dir, current, started_fresh, set(files))
-    if stale:
+    holds that was computed from this run's inputs, model and settings. What cannot be trusted
+    (no fingerprint, another run's, rows changed, run.fresh) is deleted, journals are salvaged,
+    then rank 0's fingerprint is stored beside the work this attempt will add (``rundir.store``
+    keeps the order)."""
+    discard, stale = _stale(run_dir, current, started_fresh)
+    if discard or stale:
         log.warning(
-            "%d unit(s) of work in this node's %s were not computed from this run's inputs, "
+            "%s unit(s) of work in this node's %s were not computed from this run's inputs, "
             "model and settings (or run.fresh=true): deleting them",
-            len(stale),
-            parts_dir(run_dir),
+            "every" if discard else len(stale),
+            run_dir,
         )
-        for unit in stale:
-            for path in files.pop(unit):
-                path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint.store(run_dir, current)
-    done = finished.done_rows(files, units)
-    return {u: None if rows is None else sorted(rows) for u, rows in done.items()}
+    unit_size = len(units[0]) if units else 1
+    return store.settle(run_dir, units, unit_size, current, stale, fresh=discard)
 
 
-def _stale(run_dir: Path, current: dict, started_fresh: bool, held: set[int]) -> set[int]:
-    if started_fresh or not held:
-        return held
+def _stale(run_dir: Path, current: dict, started_fresh: bool) -> tuple[bool, list[int]]:
+    """Whether to discard all of this node's work, else the units whose rows changed. Reads
+    only."""
+    if not store.has_work(run_dir):
+        return False, []
+    if started_fresh:
+        return True, []
     try:
-        stored = fingerprint.load(run_dir)
+        stored = store.load_fingerprint(run_dir)
         if stored is None:
-            return held
-        return set(fingerprint.changed_units(run_dir, stored, current)) & held
+            return True, []
+        return False, fingerprint.changed_units(run_dir, stored, current)
     except fingerprint.FingerprintMismatch:
-        return held
+        return True, []
 
 
 def assign_held_parts(
     pending: list[int],
     done_rows: dict[int, list[int]],
-    held: list[dict[int, list[int] | None] | None],
+    held: list[DoneRows | None],
     units: list[range],
 ) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
     """Which rank sends which units' files from an earlier attempt (by rank: a whole unit by the
@@ -102,17 +91,17 @@ def assign_held_parts(
     senders: dict[int, list[int]] = {}
     still, rows_done = [], {}
     for unit in pending:
-        whole = next((r for r, h in enumerate(held) if h and unit in h and h[unit] is None), None)
+        whole = next((r for r, h in enumerate(held) if h and unit in h.whole), None)
         if whole is not None:
             senders.setdefault(whole, []).append(unit)
             continue
         rows = set(done_rows.get(unit, ()))
         for rank, h in enumerate(held):
-            theirs = set((h or {}).get(unit) or ())
+            theirs = set(h.partial.get(unit, ())) if h else set()
             if theirs and not theirs & rows:
                 rows |= theirs
                 senders.setdefault(rank, []).append(unit)
-        if len(rows) < len(units[unit]):
+        if rows != set(units[unit]):
             still.append(unit)
             if rows:
                 rows_done[unit] = sorted(rows)

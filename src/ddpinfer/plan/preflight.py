@@ -11,7 +11,6 @@ leaving the others waiting on it.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,8 @@ from ddpinfer.plan.task_needs import (
     text_check,
 )
 from ddpinfer.rundir.atomic import atomic_text
-from ddpinfer.rundir.parts import parts_dir, unit_files
+from ddpinfer.rundir.parts import counted, unit_files
+from ddpinfer.rundir.store import load_fingerprint
 
 log = logging.getLogger("ddpinfer")
 
@@ -104,33 +104,38 @@ def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.In
     return spec, output
 
 
-def _start_fresh(fresh: bool, env: LaunchEnv, run_dir: Path) -> bool:
-    """Discard earlier work under run.fresh=true on a job's first attempt; True if it did."""
-    if not fresh:
-        return False
-    if not env.is_first_attempt:  # a restart or requeue must resume the work it started fresh
+def _fresh_wanted(fresh: bool, env: LaunchEnv) -> bool:
+    """run.fresh=true discards earlier work on a job's first attempt only."""
+    if fresh and not env.is_first_attempt:  # a restart or requeue resumes the work it started
         log.info(
             "run.fresh=true applies to a job's first attempt only; this is a later one "
             "(torchrun restart %d, SLURM requeue %d): resuming",
             env.restart_count,
             env.requeue_count,
         )
-        return False
-    log.info("run.fresh=true: discarding earlier work in %s", run_dir)
-    shutil.rmtree(parts_dir(run_dir), ignore_errors=True)
-    (run_dir / fingerprint.FINGERPRINT).unlink(missing_ok=True)
-    (run_dir / "manifest.json").unlink(missing_ok=True)  # its attempts' work is thrown away
-    return True
+    return fresh and env.is_first_attempt
 
 
-def _plan_on_main(
-    cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
-) -> dict:
-    started_fresh = _start_fresh(cfg.run.fresh, env, run_dir)
+@dataclass(frozen=True)
+class _Draft:
+    """Rank 0's plan before any file changes: what the scan and the checks found."""
+
+    scan: input_scan.InputScan
+    scanned: bool
+    """True: the scan was made now (not taken from the cache), so settling stores it."""
+    unit_size: int
+    fingerprint: dict
+    resume: finished.Resume
+
+
+def _draft_on_main(cfg: Config, env: LaunchEnv, spec: inputs.InputSpec, run_dir: Path) -> _Draft:
+    """Scan the inputs and check the run directory against them: reads only, so that a
+    refusal here, or on another rank, leaves the run directory as it was."""
+    fresh = _fresh_wanted(cfg.run.fresh, env)
     faults.before_scan(cfg.fault, env.attempt)
     # Content hashes per block of unit_size rows, or of BLOCK_ROWS rows when the unit size
     # follows from the row count (automatic sizes are multiples of it).
-    earlier = _earlier_units(run_dir) if not cfg.data.unit_size else None
+    earlier = _earlier_units(run_dir) if not (cfg.data.unit_size or fresh) else None
     scan, scanned = scan_cache.cached_scan(
         spec, cfg.data.unit_size or (earlier[1] if earlier else input_scan.BLOCK_ROWS), run_dir
     )
@@ -140,15 +145,22 @@ def _plan_on_main(
         earlier[0] if earlier else work_units.auto_unit_size(scan.num_rows)
     )
     new = fingerprint.compute(cfg, spec, model_path(cfg), scan, unit_size)
-    resumed, files = finished.reconcile(run_dir, new, unit_size)
-    if scanned:
+    resume = finished.inspect(run_dir, new, cfg.run.fresh, env.is_first_attempt)
+    return _Draft(scan, scanned, unit_size, new, resume)
+
+
+def _settle_on_main(
+    cfg: Config, draft: _Draft, spec: inputs.InputSpec, run_dir: Path, remote_nodes: bool
+) -> dict:
+    """Every check passed on every rank: make the run directory hold what this run keeps."""
+    scan, unit_size, new = draft.scan, draft.unit_size, draft.fingerprint
+    units = work_units.plan_units(scan.num_rows, unit_size)
+    done = finished.settle(run_dir, draft.resume, new, units, unit_size)
+    if draft.scanned:
         scan_cache.store(spec, run_dir, scan)
     with atomic_text(run_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    units = work_units.plan_units(scan.num_rows, unit_size)
-    done = finished.done_rows(files, units)
-    pending = [i for i in range(len(units)) if i not in done or done[i] is not None]
-    partial = {u: sorted(rows) for u, rows in done.items() if rows is not None}
+    pending = done.pending(len(units))
     if scan.blank_lines:
         log.info(
             "%s: %d blank line(s) are no inputs; the ids are line numbers (from 0), so they "
@@ -162,8 +174,8 @@ def _plan_on_main(
             scan.bad_rows,
             run_dir / "errors.jsonl",
         )
-    if resumed:
-        rows_left = sum(len(units[u]) - len(partial.get(u, ())) for u in pending)
+    if draft.resume.resumed:
+        rows_left = done.rows_left(units)
         log.info(
             "resuming: %d of %d work unit(s) already done by an earlier run (%d of %d "
             "inputs); %d input(s) to do",
@@ -177,12 +189,12 @@ def _plan_on_main(
         "num_rows": scan.num_rows,
         "unit_size": unit_size,
         "pending": pending,
-        "done_rows": partial,
+        "done_rows": {u: sorted(rows) for u, rows in done.partial.items()},
         "bad_rows": scan.duplicates,
         "inputs_digest": scan.digest,
         # for nodes without rank 0's run directory, to check the parts they hold against
         "fingerprint": new if remote_nodes else None,
-        "started_fresh": started_fresh,
+        "started_fresh": draft.resume.fresh,
         "seek": scan.seek.at_rows([u.start for u in units]) if scan.seek else None,
     }
 
@@ -191,7 +203,7 @@ def _earlier_units(run_dir: Path) -> tuple[int, int] | None:
     """The unit size an earlier run of this directory used (with data.unit_size unset), and
     the rows per digest block it hashed: kept when rows were appended since, so that the units
     it finished are the same rows, hashed the same way, and keep their work."""
-    stored = fingerprint.load(run_dir)
+    stored = load_fingerprint(run_dir)
     size = stored.get("unit_size") if stored else None
     if not isinstance(size, int) or size <= 0:
         return None
@@ -249,19 +261,24 @@ def preflight(
                 env.node_rank,
             )
 
-    def plan_or_digest() -> dict | str | None:
+    def draft_or_digest() -> _Draft | str | None:
         if env.is_main:
-            return _plan_on_main(cfg, env, spec, run_dir, not all(shares))
+            return _draft_on_main(cfg, env, spec, run_dir)
         return input_scan.scan(spec).digest if own_copy else None
 
     # The others wait for rank 0's scan on the store, as long as it is alive: not in a
     # collective, which gives up after run.timeout_s however long the scan needs.
-    mine = agreed(group, lambda: after_every_rank(env, "scanned", plan_or_digest, check_stop))
-    plan = group.broadcast_object(mine if env.is_main else None)
+    mine = agreed(group, lambda: after_every_rank(env, "scanned", draft_or_digest, check_stop))
     if env.is_distributed:
-        digest = plan["inputs_digest"]
+        digest = group.broadcast_object(mine.scan.digest if env.is_main else None)  # type: ignore[union-attr]
         own = mine if isinstance(mine, str) else None
         agreed(group, lambda: _check_copy(spec, env, own, digest) if own else None)
+    # every check passed on every rank: only now does rank 0 change the run directory
+    settled = agreed(
+        group,
+        lambda: _settle_on_main(cfg, mine, spec, run_dir, not all(shares)) if env.is_main else None,  # type: ignore[arg-type]
+    )
+    plan = group.broadcast_object(settled if env.is_main else None)
     units = work_units.plan_units(plan["num_rows"], plan["unit_size"])
     pending, done_rows, send_later = plan["pending"], plan["done_rows"], []
     if not all(shares):
@@ -316,5 +333,5 @@ def _take_held_units(
             len(sent),
         )
     files = unit_files(run_dir)
-    mine = [path for unit in senders.get(env.rank, []) for path in files.get(unit, [])]
+    mine = [path for unit in senders.get(env.rank, []) for path in counted(files.get(unit, []))]
     return pending, done_rows, mine

@@ -31,6 +31,7 @@ from ddpinfer.rundir.parts import (
     ID_ENCODING_KEY,
     KEPT_PREFIX,
     combine_parts,
+    counted,
     is_json,
     is_kept,
     kept_json,
@@ -136,7 +137,8 @@ def merge_parts(
         side = side_file(output, fmt)
         ids_tmp = stack.enter_context(atomic_path(side)) if side is not None else None
         errors_file = stack.enter_context(atomic_text(errors_path))
-        files = unit_files(run_dir)
+        files = {unit: counted(paths) for unit, paths in unit_files(run_dir).items()}
+        _check_complete(files, units)  # before a writer reads every unit's files
         writer = writer_class(tmp, ids_tmp, files, units)
         try:
             for table, unit_errors in _checked_parts(files, units):
@@ -359,8 +361,7 @@ def file_sha256(path: Path) -> str:
 def _part_schemas(files: dict[int, list[Path]], units: list[range]) -> Iterator[pa.Schema]:
     for i in range(len(units)):
         for path in files[i]:
-            with pa.OSFile(str(path)) as f:
-                yield pa.ipc.open_file(f).schema
+            yield read_part(path)[0].schema
 
 
 class NpyWriter:

@@ -16,10 +16,11 @@ TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{32}$")
 
 
 def sweep_temporaries(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete the temporaries a writer that died left in ``folder`` and the folders below it
-    (only those of ``name`` when given: ``folder`` is not all ours). Call it only while no other
-    writer can be at work there: under the run directory's lock. Returns what was deleted."""
-    found = folder.glob(f".{name}.*") if name else folder.rglob(".*")
+    """Delete the temporaries a writer that died left in ``folder``, not in the folders below
+    it (only those of ``name`` when given: ``folder`` is not all ours). Call it only while no
+    other writer can be at work there: under the run directory's lock. Returns what was
+    deleted."""
+    found = folder.glob(f".{name}.*" if name else ".*")
     swept = []
     for path in found:
         if not TEMPORARY.match(path.name):
@@ -46,6 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -73,7 +75,19 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         if replaced:
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if replaced:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a rename, a new or deleted file), as ``fsync`` on
+    a file makes its bytes durable: without it a crash can bring back a deleted name or lose a
+    new one, whatever the file's own fsync said."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

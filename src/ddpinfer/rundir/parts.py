@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from ddpinfer.errors import UserError
 from ddpinfer.rundir.atomic import atomic_path
+from ddpinfer.rundir.checksums import ChecksumError, sealed, unsealed
 
 PART_NAME = re.compile(r"^unit-(\d{6,})\.arrow$")
 FRAGMENT_NAME = re.compile(r"^unit-(\d{6,})\.f-([0-9a-f]+)\.arrow$")
@@ -132,23 +133,45 @@ def write_part(run_dir: Path, unit: int, table: pa.Table, tag: str | None = None
 
 
 def write_table(path: Path, table: pa.Table) -> Path:
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+    """An Arrow IPC file and its checksum (``checksums``), written atomically."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue()
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as out:
+        out.write(payload)
+        out.write(sealed(payload))
     return path
 
 
+def read_table(path: Path) -> pa.Table:
+    """A part or fragment (memory-mapped, not copied), once its checksum matches; raises
+    ``ChecksumError``, ``OSError`` or Arrow's error when it cannot be trusted."""
+    with pa.memory_map(str(path)) as source:
+        data = source.read_buffer()
+    return pa.ipc.open_file(unsealed(data)).read_all()
+
+
 def read_part(path: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """The part's table (memory-mapped, not copied) and its error records."""
+    """The part's table and its error records."""
     try:
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
-    except (OSError, pa.ArrowException) as e:
+        table = read_table(path)
+    except (OSError, pa.ArrowException, ChecksumError) as e:
         raise UserError(
-            f"{path}: cannot read this part file ({type(e).__name__}: {e}). HINT: delete it and "
-            "run the same command again: its unit is recomputed."
+            f"{path}: cannot read this part file ({type(e).__name__}: {e}). HINT: run the same "
+            "command again: its rows are recomputed."
         ) from None
     return table, read_errors(table)
+
+
+def held_rows(path: Path) -> list[int] | None:
+    """The rows a part or fragment holds (results and errors), or None when it cannot be
+    trusted: cut short, or a batch whose checksum does not match."""
+    try:
+        table = read_table(path)
+    except (OSError, pa.ArrowException, ChecksumError, ValueError):
+        return None
+    return table.column("row").to_pylist() + [e["row"] for e in read_errors(table)]
 
 
 def read_errors(table: pa.Table) -> list[dict[str, Any]]:
@@ -217,43 +240,26 @@ def combine_parts(tables: Sequence[pa.Table]) -> pa.Table:
     )
 
 
-def readable(path: Path) -> bool:
-    """Whether a part file opens (its footer and schema read; no data): a part cut short by a
-    disk that filled, or by a filesystem without atomic renames, does not."""
-    try:
-        with pa.memory_map(str(path)) as source:
-            pa.ipc.open_file(source).schema  # noqa: B018
-        return True
-    except (OSError, pa.ArrowException):
-        return False
-
-
-def drop_unreadable_parts(run_dir: Path) -> list[int]:
-    """Delete the part and fragment files that do not open (their units, or those rows, are
-    then recomputed); returns their units."""
-    dropped = set()
-    for unit, paths in unit_files(run_dir).items():
-        for path in paths:
-            if not readable(path):
-                path.unlink(missing_ok=True)
-                dropped.add(unit)
-    return sorted(dropped)
-
-
 def unit_files(run_dir: Path) -> dict[int, list[Path]]:
-    """Each unit's part, or its fragments, by unit (a part makes any fragment beside it
-    redundant: a crash came between the part and deleting them)."""
+    """Each unit's part and fragments, by unit, the part (if any) first."""
     folder = parts_dir(run_dir)
     if not folder.is_dir():
         return {}
-    wholes: dict[int, list[Path]] = {}
-    fragments: dict[int, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if m := PART_NAME.match(path.name):
-            wholes[int(m.group(1))] = [path]
-        elif m := FRAGMENT_NAME.match(path.name):
-            fragments.setdefault(int(m.group(1)), []).append(path)
-    return {**fragments, **wholes}
+    files: dict[int, list[Path]] = {}
+    for path in sorted(folder.iterdir()):  # unit-N.arrow sorts before unit-N.f-*.arrow
+        if m := PART_NAME.match(path.name) or FRAGMENT_NAME.match(path.name):
+            files.setdefault(int(m.group(1)), []).append(path)
+    return files
+
+
+def counted(paths: list[Path]) -> list[Path]:
+    """A unit's files that count: its part when it has one, else its fragments."""
+    return paths[:1] if paths and is_part(paths[0]) else paths
+
+
+def is_part(path: Path) -> bool:
+    """Whether ``path`` is a unit's (whole) part, not a fragment."""
+    return PART_NAME.match(path.name) is not None
 
 
 def finished_units(run_dir: Path) -> set[int]:
