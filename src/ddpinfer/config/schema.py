@@ -27,7 +27,8 @@ SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
 ENGINES = ("hf", "vllm")
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
