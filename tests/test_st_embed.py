@@ -46,6 +46,7 @@ def encode(path, texts=TEXTS, **kwargs):
 
 
 def embed(tmp_path, model, *overrides, texts=TEXTS, fmt="jsonl"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = write_jsonl(tmp_path / "in.jsonl", texts)
     out = tmp_path / f"out.{fmt}"
     run_in_process([
@@ -173,3 +174,74 @@ def test_a_dense_head_and_prompt_on_one_and_two_ranks(tmp_path, dense_model, npr
     check(launch(args, nproc=nproc, cwd=tmp_path))
     ours = vectors(tmp_path / "out.jsonl")
     np.testing.assert_allclose(ours, encode(dense_model, texts, prompt_name="passage"), atol=1e-5)
+
+
+def read_back(path, fmt):
+    """The embeddings of an output file as the README says to read them, with their dtype."""
+    if fmt == "npy":
+        return np.load(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(path)["embedding"].combine_chunks()
+        return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    return np.array([r["embedding"] for r in read_jsonl(path)])
+
+
+STORED = {"float16": np.float16, "int8": np.int8, "uint8": np.uint8, "binary": np.int8,
+          "ubinary": np.uint8}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "npy"])
+def test_each_precision_is_quantize_embeddings_stored_compactly(tmp_path, dense_model, fmt):
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    floats = vectors(embed(tmp_path / "float32", dense_model))
+    reference = encode(dense_model)
+    ranges = np.stack([reference.min(0), reference.max(0)])
+    np.save(tmp_path / "ranges.npy", ranges)
+    for precision, dtype in STORED.items():
+        extra = [f"task.ranges={tmp_path / 'ranges.npy'}"] if precision.endswith("int8") else []
+        setting = f"task.precision={precision}"
+        out = embed(tmp_path / precision, dense_model, setting, *extra, fmt=fmt)
+        got = read_back(out, fmt)
+        if precision == "float16":
+            expected = floats.astype(np.float16)
+        else:
+            expected = quantize_embeddings(floats, precision, ranges=ranges)
+        assert expected.dtype == dtype
+        if fmt == "jsonl":
+            first = read_jsonl(out)[0]["embedding"]
+            assert all(isinstance(v, int if dtype != np.float16 else float) for v in first)
+            got = got.astype(dtype)
+        assert got.dtype == dtype, precision
+        np.testing.assert_array_equal(got, expected, err_msg=precision)
+        if precision.endswith("binary"):  # against encode itself
+            np.testing.assert_array_equal(got, encode(dense_model, precision=precision))
+
+
+@pytest.mark.slow
+def test_int8_from_a_ranges_file_on_two_ranks_is_one_ranks(tmp_path, dense_model):
+    """Fixed ranges make int8 independent of which rows a rank holds: the same codes, but for
+    a value that other batches round across a step boundary (float32 sums in another order)."""
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(40)]
+    floats = vectors(embed(tmp_path / "one", dense_model, texts=texts))
+    np.save(tmp_path / "ranges.npy", np.stack([floats.min(0), floats.max(0)]))
+    data = write_jsonl(tmp_path / "in.jsonl", texts)
+    args = [f"model.path={dense_model}", f"data.path={data}", "output.path=out.parquet",
+            "run.dir=run", "data.unit_size=8", "task.precision=int8",
+            f"task.ranges={tmp_path / 'ranges.npy'}"]  # fmt: skip
+    check(launch(args, nproc=2, cwd=tmp_path))
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    expected = quantize_embeddings(floats, "int8", ranges=np.load(tmp_path / "ranges.npy"))
+    got = read_back(tmp_path / "out.parquet", "parquet")
+    assert got.dtype == np.int8
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert (got == expected).mean() > 0.97
+
+
+def test_another_prompt_is_a_different_run(tmp_path, dense_model):
+    embed(tmp_path, dense_model, "task.prompt_name=passage")
+    with pytest.raises(UserError, match=r"different run \(task.prompt_name: 'passage' -> 'query'"):
+        embed(tmp_path, dense_model, "task.prompt_name=query")
