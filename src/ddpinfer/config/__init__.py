@@ -43,6 +43,7 @@ from ddpinfer.config.tasks import (
     EmbedTaskConfig,
     GenerateTaskConfig,
     ImageTextTaskConfig,
+    ScoreTaskConfig,
     TaskConfig,
     VllmConfig,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "DataConfig",
     "ENGINES",
     "EmbedTaskConfig",
+    "ScoreTaskConfig",
     "FAULT_KINDS",
     "FaultConfig",
     "GenerateTaskConfig",

@@ -32,6 +32,7 @@ from ddpinfer.config.tasks import (
     EmbedTaskConfig,
     GenerateTaskConfig,
     ImageTextTaskConfig,
+    ScoreTaskConfig,
     TaskConfig,
 )
 
@@ -68,6 +69,7 @@ TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "generate": GenerateTaskConfig,
     "image_text": ImageTextTaskConfig,
     "custom": CustomTaskConfig,
+    "score": ScoreTaskConfig,
 }
 
 

@@ -98,6 +98,9 @@ class DataConfig:
     image_field: str = "image"
     """task=image_text: column or JSON key holding one image path or a list of them (relative
     paths are resolved against the data file's folder)."""
+    pair_field: str | None = None
+    """task=score: column or JSON key holding each pair's second text (the first is
+    data.text_field), e.g. the passage a query is scored against."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""

@@ -19,7 +19,7 @@ from ddpinfer.config.schema import (
 @dataclass(kw_only=True)
 class TaskConfig:
     name: str = MISSING
-    """Which task runs; chosen with task=embed|classify|generate|image_text|custom."""
+    """Which task runs; chosen with task=embed|classify|score|generate|image_text|custom."""
 
 
 @dataclass(kw_only=True)
@@ -83,6 +83,26 @@ class ClassifyTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         check_positive("task.top_k", self.top_k)
+
+
+@dataclass(kw_only=True)
+class ScoreTaskConfig(TaskConfig):
+    """A cross-encoder (reranker) scoring each (data.text_field, data.pair_field) pair, as
+    CrossEncoder.predict does."""
+
+    name: str = "score"
+    prompt: str | None = None
+    """Text put before each pair's first text (predict's prompt)."""
+    prompt_name: str | None = None
+    """A prompt of the model's config_sentence_transformers.json by name. Neither: the model's
+    default_prompt_name, if any."""
+    apply_softmax: bool = False
+    """Softmax over a multi-label model's scores, after its activation (predict's
+    apply_softmax)."""
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("task.prompt and task.prompt_name are both set: give one")
 
 
 @dataclass(kw_only=True)

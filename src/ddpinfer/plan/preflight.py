@@ -24,9 +24,9 @@ from ddpinfer.inputs import readers as inputs
 from ddpinfer.inputs import scan as input_scan
 from ddpinfer.launch import LaunchEnv, ProcessGroup, agreed
 from ddpinfer.plan import fingerprint, finished, work_units
-from ddpinfer.plan.embed_needs import check_embed
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
+from ddpinfer.plan.st_needs import check_st_task
 from ddpinfer.plan.task_needs import (
     check_engine,
     check_keep_fields,
@@ -88,7 +88,7 @@ def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.In
     check_keep_fields(cfg)
     check_engine(cfg)
     check_model_path(model_path(cfg))
-    check_embed(cfg, model_path(cfg))
+    check_st_task(cfg, model_path(cfg))
     if env.is_main:
         check_output(output, spec, run_dir)
     return spec, output

@@ -81,7 +81,7 @@ def read(path: str) -> Checkpoint | None:
         )
     transformer_dir = root / modules[0].get("path", "")
     transformer = _json(transformer_dir / "sentence_bert_config.json", missing_ok=True)
-    _check_text_transformer(transformer, transformer_dir)
+    _check_text_transformer(transformer, transformer_dir, "feature-extraction")
     pooling_dir = root / modules[1]["path"]
     modes, include_prompt = _pooling(_json(pooling_dir / "config.json"), pooling_dir)
     head = tuple(
@@ -108,6 +108,41 @@ def read(path: str) -> Checkpoint | None:
     )
 
 
+@dataclass(frozen=True)
+class CrossEncoderCheckpoint:
+    transformer_dir: Path
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    activation_fn: str | None = None
+    """config_sentence_transformers.json's activation (sentence-transformers 5+), if any."""
+
+
+def read_cross_encoder(path: str) -> CrossEncoderCheckpoint | None:
+    """A CrossEncoder folder as sentence-transformers loads it: one Transformer module (a
+    sequence classifier); None for a plain transformers checkpoint (no ``modules.json``)."""
+    root = Path(path).expanduser()
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = _json(modules_file)
+    kinds = [_kind(m, modules_file) for m in modules]
+    if kinds != ["Transformer"]:
+        raise UserError(
+            f"{modules_file}: task=score runs a CrossEncoder of one Transformer module; this "
+            f"lists {', '.join(kinds) or 'nothing'}. HINT: run it with sentence-transformers."
+        )
+    transformer_dir = root / modules[0].get("path", "")
+    config = _json(transformer_dir / "sentence_bert_config.json", missing_ok=True)
+    _check_text_transformer(config, transformer_dir, "sequence-classification")
+    settings = _json(root / "config_sentence_transformers.json", missing_ok=True)
+    return CrossEncoderCheckpoint(
+        transformer_dir=transformer_dir,
+        prompts={k: v for k, v in (settings.get("prompts") or {}).items() if v is not None},
+        default_prompt_name=settings.get("default_prompt_name"),
+        activation_fn=settings.get("activation_fn"),
+    )
+
+
 def _json(path: Path, missing_ok: bool = False) -> Any:
     if missing_ok and not path.is_file():
         return {}
@@ -130,16 +165,16 @@ def _kind(module: dict[str, Any], modules_file: Path) -> str:
     return kind
 
 
-def _check_text_transformer(config: dict[str, Any], folder: Path) -> None:
+def _check_text_transformer(config: dict[str, Any], folder: Path, expected: str) -> None:
     """ddpinfer feeds a Transformer module plain text; sentence-transformers 6 renders it through
     the tokenizer's chat template whenever the module takes messages (and infers that it does
     when a chat template is there and no modality_config says otherwise)."""
     where = folder / "sentence_bert_config.json"
-    task = config.get("transformer_task", "feature-extraction")
-    if task != "feature-extraction":
+    task = config.get("transformer_task", expected)
+    if task != expected:
         raise UserError(
-            f"{where}: transformer_task={task!r}; ddpinfer's task=embed runs feature-extraction "
-            "Transformer modules only. HINT: run it with sentence-transformers itself."
+            f"{where}: transformer_task={task!r}; ddpinfer runs {expected} Transformer modules "
+            "here. HINT: run it with sentence-transformers itself."
         )
     modalities = config.get("modality_config")
     takes_messages = "message" in modalities if modalities else _has_chat_template(folder)
@@ -213,7 +248,9 @@ def _only_sentence_embedding(config: dict[str, Any], folder: Path) -> None:
 
 
 def resolve_prompt(
-    checkpoint: Checkpoint | None, prompt: str | None, prompt_name: str | None
+    checkpoint: Checkpoint | CrossEncoderCheckpoint | None,
+    prompt: str | None,
+    prompt_name: str | None,
 ) -> tuple[str | None, str]:
     """The prompt ``encode(prompt=..., prompt_name=...)`` would prepend, and where it came from
     (for the log): task.prompt, else task.prompt_name, else the model's default prompt."""
@@ -228,7 +265,7 @@ def resolve_prompt(
                 "those, or give the text itself as task.prompt='...'."
             )
         return prompts[prompt_name], f"task.prompt_name={prompt_name}"
-    if checkpoint and checkpoint.default_prompt_name:
+    if checkpoint and checkpoint.default_prompt_name in prompts:
         name = checkpoint.default_prompt_name
         return prompts[name], f"the model's default_prompt_name {name!r}"
     return None, ""

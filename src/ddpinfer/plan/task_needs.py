@@ -117,7 +117,22 @@ def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     """Record fields the task reads besides the text, each with the check run as it is read."""
     if cfg.task.name == "image_text":
         return ((cfg.data.image_field, images.check_paths),)
+    if cfg.task.name == "score":
+        if not cfg.data.pair_field:
+            raise UserError(
+                "task=score scores pairs of texts: data.pair_field=<field> names the field of "
+                "each pair's second text (data.text_field holds the first)"
+            )
+        return ((cfg.data.pair_field, check_pair_text),)
     return ()
+
+
+def check_pair_text(value: object, folder: Path) -> str:
+    """task=score's second text: a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        kind = "empty" if isinstance(value, str) else type(value).__name__
+        raise ValueError(f"is {kind}, expected a non-empty string (the pair's second text)")
+    return value
 
 
 OUTPUT_COLUMNS = {
@@ -125,6 +140,7 @@ OUTPUT_COLUMNS = {
     "classify": ("label", "score", "top_k"),
     "generate": ("generated_text",),
     "image_text": ("generated_text",),
+    "score": ("score",),
 }
 """The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
 

@@ -26,7 +26,7 @@ from ddpinfer.compute.tasks.st_head import build_head
 from ddpinfer.config import Config
 from ddpinfer.inputs import Row
 from ddpinfer.plan import st_checkpoint
-from ddpinfer.plan.embed_needs import load_ranges
+from ddpinfer.plan.st_needs import load_ranges
 
 log = logging.getLogger("ddpinfer")
 

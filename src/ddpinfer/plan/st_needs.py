@@ -1,6 +1,6 @@
-"""What task=embed reads besides the inputs, checked on every rank before the model loads: a
-sentence-transformers checkpoint's own files (an unknown module, a missing prompt) and the
-ranges file of task.precision=int8|uint8."""
+"""What task=embed and task=score read besides the inputs, checked on every rank before the
+model loads: a sentence-transformers checkpoint's own files (an unknown module, a missing
+prompt) and the ranges file of task.precision=int8|uint8."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from ddpinfer.errors import UserError
 from ddpinfer.plan import st_checkpoint
 
 
-def check_embed(cfg: Config, path: str) -> None:
-    if cfg.task.name != "embed":
+def check_st_task(cfg: Config, path: str) -> None:
+    if cfg.task.name not in ("embed", "score") or not Path(path).expanduser().is_dir():
         return
-    checkpoint = st_checkpoint.read(path) if Path(path).expanduser().is_dir() else None
+    if cfg.task.name == "score":
+        checkpoint = st_checkpoint.read_cross_encoder(path)
+    else:
+        checkpoint = st_checkpoint.read(path)
     st_checkpoint.resolve_prompt(checkpoint, cfg.task.prompt, cfg.task.prompt_name)
-    if cfg.task.ranges:
+    if getattr(cfg.task, "ranges", None):
         load_ranges(cfg.task.ranges)
 
 
