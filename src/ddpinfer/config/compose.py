@@ -66,10 +66,10 @@ class Config:
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "embed": EmbedTaskConfig,
     "classify": ClassifyTaskConfig,
+    "score": ScoreTaskConfig,
     "generate": GenerateTaskConfig,
     "image_text": ImageTextTaskConfig,
     "custom": CustomTaskConfig,
-    "score": ScoreTaskConfig,
 }
 
 
