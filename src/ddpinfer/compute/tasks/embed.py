@@ -109,7 +109,6 @@ def lower_case(tokenizer: Any) -> None:
 
 
 def build(cfg: Config, path: str, device: torch.device) -> EmbedTask:
-    task = cfg.task
     checkpoint = st_checkpoint.read(path)
     folder = str(checkpoint.transformer_dir) if checkpoint else path
     tokenizer = model_loading.load_tokenizer(cfg.model, folder)
@@ -117,35 +116,45 @@ def build(cfg: Config, path: str, device: torch.device) -> EmbedTask:
     limit = model_loading.max_length(
         cfg.model, tokenizer, st_max_length(checkpoint, tokenizer, model)
     )
+    if checkpoint and checkpoint.do_lower_case:
+        lower_case(tokenizer)
+    embedding = embedding_steps(cfg, checkpoint, tokenizer, model, limit)
+    packed = packing.choose(cfg.batch.packing, model, device, cfg.model.attn_implementation)
+    return EmbedTask(tokenizer, model, limit, embedding, packed)
+
+
+def embedding_steps(
+    cfg: Config, checkpoint: st_checkpoint.Checkpoint | None, tokenizer, model, limit
+) -> Embedding:
+    """task.* where set, else the checkpoint's own settings, else a plain checkpoint's
+    defaults (mean pooling, normalized)."""
+    task = cfg.task
     prompt, source = st_checkpoint.resolve_prompt(checkpoint, task.prompt, task.prompt_name)
     if prompt:
         log.info("each input starts with the prompt %r (%s)", prompt, source)
     include_prompt = task.include_prompt
     if include_prompt is None:
         include_prompt = checkpoint.include_prompt if checkpoint else True
-    if checkpoint and checkpoint.do_lower_case:
-        lower_case(tokenizer)
-    embedding = Embedding(
-        pooling=(task.pooling,)
-        if task.pooling
-        else checkpoint.pooling
-        if checkpoint
-        else ("mean",),
-        prompt=prompt or "",
-        prompt_length=prompt_length(tokenizer, prompt, limit)
-        if prompt and not include_prompt
-        else 0,
-        head=build_head(checkpoint.head, cfg.model.trust_remote_code, device, model.dtype)
-        if checkpoint
-        else None,
-        truncate_dim=task.truncate_dim or (checkpoint.truncate_dim if checkpoint else None),
-        normalize=task.normalize if task.normalize is not None else checkpoint is None,
-        precision=task.precision,
-    )
+    embedding = Embedding(prompt=prompt or "", precision=task.precision)
+    if prompt and not include_prompt:
+        embedding.prompt_length = prompt_length(tokenizer, prompt, limit)
+    if checkpoint:
+        embedding.pooling = checkpoint.pooling
+        embedding.truncate_dim = checkpoint.truncate_dim
+        embedding.normalize = False  # where its own Normalize module says
+        device = model_loading.input_device(model)
+        embedding.head = build_head(
+            checkpoint.head, cfg.model.trust_remote_code, device, model.dtype
+        )
+    if task.pooling:
+        embedding.pooling = (task.pooling,)
+    if task.truncate_dim:
+        embedding.truncate_dim = task.truncate_dim
+    if task.normalize is not None:
+        embedding.normalize = task.normalize
     if task.ranges:
         embedding.ranges = load_ranges(task.ranges, output_dim(model, embedding))
-    packed = packing.choose(cfg.batch.packing, model, device, cfg.model.attn_implementation)
-    return EmbedTask(tokenizer, model, limit, embedding, packed)
+    return embedding
 
 
 def st_max_length(checkpoint: Any, tokenizer: Any, model: Any) -> int | None:
