@@ -29,7 +29,8 @@ def test_defaults_are_the_embedded_embedding_job():
     cfg = to_config(composed())
     assert isinstance(cfg, Config) and isinstance(cfg.task, EmbedTaskConfig)
     assert cfg.model.path is None and cfg.data.path is None  # the bundled model and sample
-    assert (cfg.task.pooling, cfg.task.normalize, cfg.batch_size) == ("mean", True, 256)
+    # pooling and normalize unset: the checkpoint's own modules (plain checkpoints: mean, true)
+    assert (cfg.task.pooling, cfg.task.normalize, cfg.batch_size) == (None, None, 256)
     assert cfg.batch.max_tokens is None  # from the device: 1024 on CPU, 16384 on CUDA
 
 
@@ -87,7 +88,9 @@ def test_typos_and_wrong_types_are_rejected(override):
         ("batch_size=0", "batch_size=0 must be positive"),
         ("device=gpu", "device='gpu' is not one of auto, cpu, cuda"),
         ("model.dtype=fp8", "model.dtype='fp8'"),
-        ("task.pooling=max", "task.pooling='max'"),
+        ("task.pooling=sum", "task.pooling='sum'"),
+        ("task.precision=int8", "task.precision=int8 needs each dimension's range"),
+        ("task.ranges=r.npy", "task.ranges applies to task.precision=int8|uint8 only"),
         ("model.gpus_per_replica=0", "model.gpus_per_replica=0 must be positive"),
         ("log.level=chatty", "log.level='CHATTY' is not one of"),
         ("log.progress_every_s=0", "log.progress_every_s=0"),

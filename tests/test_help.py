@@ -55,7 +55,7 @@ def test_help_lists_every_key_with_its_doc():
     assert "  task.target=???  (required)" in text  # task=custom's required key
     first_words = " ".join(field_docs(Config)["batch_size"].split()[:6])
     assert first_words in text
-    assert "task: embed, classify, generate, image_text, custom  (task=<name>" in text
+    assert "task: embed, classify, score, generate, image_text, custom  (task=<name>" in text
     assert "schema" not in text.split("== Keys ==")[0]  # no internal entries among the choices
 
 

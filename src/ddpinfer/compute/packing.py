@@ -183,15 +183,3 @@ def pack(ids: Sequence[Sequence[int]], first_position: int) -> dict[str, Any]:
         RUNS: tuple(tuple(r) for r in runs),
         CU_SEQ: torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
     }
-
-
-def pool(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Per-input ``mean`` or ``cls`` pooling of packed hidden states ``[tokens, dim]``."""
-    if pooling == "cls":
-        starts = torch.cumsum(lengths, 0) - lengths
-        return hidden[starts]
-    segment = torch.repeat_interleave(
-        torch.arange(len(lengths), device=hidden.device), lengths, output_size=hidden.shape[0]
-    )
-    sums = hidden.new_zeros((len(lengths), hidden.shape[1])).index_add_(0, segment, hidden)
-    return sums / lengths.unsqueeze(1).to(hidden.dtype)

@@ -32,6 +32,7 @@ from ddpinfer.config.tasks import (
     EmbedTaskConfig,
     GenerateTaskConfig,
     ImageTextTaskConfig,
+    ScoreTaskConfig,
     TaskConfig,
 )
 
@@ -65,6 +66,7 @@ class Config:
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "embed": EmbedTaskConfig,
     "classify": ClassifyTaskConfig,
+    "score": ScoreTaskConfig,
     "generate": GenerateTaskConfig,
     "image_text": ImageTextTaskConfig,
     "custom": CustomTaskConfig,

@@ -27,7 +27,8 @@ SHARED_FS = ("auto", "true", "false")
 FAULT_KINDS = ("raise", "exit", "hang", "freeze")
 ON_ERROR = ("fail", "skip")
 ENGINES = ("hf", "vllm")
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -105,6 +106,9 @@ class DataConfig:
     """generate, image_text: column or JSON key holding each input's own settings, a dict of
     max_tokens, temperature, top_p, top_k, stop, n, seed, logprobs, top_logprobs and
     response_format overriding the task's (an unknown key makes a bad record)."""
+    pair_field: str | None = None
+    """task=score: column or JSON key holding each pair's second text (the first is
+    data.text_field), e.g. the passage a query is scored against."""
     on_error: str = "fail"
     """A bad input record: fail (stop, naming file and line) | skip (record it in the run
     directory's errors.jsonl and go on)."""

@@ -11,6 +11,7 @@ from ddpinfer.config import request_settings
 from ddpinfer.config.schema import (
     ENGINES,
     POOLINGS,
+    PRECISIONS,
     check_choice,
     check_positive,
 )
@@ -19,19 +20,60 @@ from ddpinfer.config.schema import (
 @dataclass(kw_only=True)
 class TaskConfig:
     name: str = MISSING
-    """Which task runs; chosen with task=embed|classify|generate|image_text|custom."""
+    """Which task runs; chosen with task=embed|classify|score|generate|image_text|custom."""
 
 
 @dataclass(kw_only=True)
 class EmbedTaskConfig(TaskConfig):
+    """Names follow SentenceTransformer.encode's arguments; a sentence-transformers checkpoint
+    (a folder with modules.json) runs its own modules, as encode does."""
+
     name: str = "embed"
-    pooling: str = "mean"
-    """mean (masked mean over tokens) | cls (the first token's hidden state)."""
-    normalize: bool = True
-    """L2-normalise each embedding."""
+    pooling: str | None = None
+    """mean | cls | max | lasttoken | mean_sqrt_len_tokens | weightedmean. Unset: the
+    checkpoint's Pooling module (sentence-transformers folders), else mean."""
+    normalize: bool | None = None
+    """L2-normalise each embedding last (encode's normalize_embeddings). Unset: true for plain
+    transformers checkpoints; a sentence-transformers one normalises where its modules say."""
+    prompt: str | None = None
+    """Text put before every input (encode's prompt)."""
+    prompt_name: str | None = None
+    """A prompt of the model's config_sentence_transformers.json by name (encode's
+    prompt_name). Neither prompt nor prompt_name: the model's default_prompt_name, if any."""
+    include_prompt: bool | None = None
+    """false: the prompt's tokens are left out of pooling. Unset: the checkpoint's Pooling
+    config (true when it has none)."""
+    truncate_dim: int | None = None
+    """Keep the first k dimensions (Matryoshka models), before normalize. Unset: the model's
+    own truncate_dim, if any."""
+    precision: str = "float32"
+    """float32 | float16 | int8 | uint8 | binary | ubinary (sentence-transformers'
+    quantize_embeddings; binary and ubinary pack 8 dimensions a byte)."""
+    ranges: str | None = None
+    """int8 and uint8: a .npy file of shape [2, dim], each dimension's minimum and maximum
+    (quantize_embeddings' ranges)."""
 
     def __post_init__(self) -> None:
-        check_choice("task.pooling", self.pooling, POOLINGS)
+        if self.pooling is not None:
+            check_choice("task.pooling", self.pooling, POOLINGS)
+        check_choice("task.precision", self.precision, PRECISIONS)
+        check_positive("task.truncate_dim", self.truncate_dim)
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError(
+                "task.prompt and task.prompt_name are both set: give one (the text itself, or "
+                "the name of one of the model's prompts)"
+            )
+        if self.precision.endswith("int8") and not self.ranges:
+            raise ValueError(
+                f"task.precision={self.precision} needs each dimension's range: HINT: "
+                "task.ranges=<file.npy> holding np.stack([emb.min(0), emb.max(0)]) of "
+                "float32 embeddings of a sample (ranges from one rank's rows would differ "
+                "between world sizes)"
+            )
+        if self.ranges and not self.precision.endswith("int8"):
+            raise ValueError(
+                f"task.ranges applies to task.precision=int8|uint8 only, not {self.precision}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -42,6 +84,26 @@ class ClassifyTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         check_positive("task.top_k", self.top_k)
+
+
+@dataclass(kw_only=True)
+class ScoreTaskConfig(TaskConfig):
+    """A cross-encoder (reranker) scoring each (data.text_field, data.pair_field) pair, as
+    CrossEncoder.predict does."""
+
+    name: str = "score"
+    prompt: str | None = None
+    """Text put before each pair's first text (predict's prompt)."""
+    prompt_name: str | None = None
+    """A prompt of the model's config_sentence_transformers.json by name. Neither: the model's
+    default_prompt_name, if any."""
+    apply_softmax: bool = False
+    """Softmax over a multi-label model's scores, after its activation (predict's
+    apply_softmax)."""
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("task.prompt and task.prompt_name are both set: give one")
 
 
 @dataclass(kw_only=True)

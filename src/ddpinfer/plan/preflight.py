@@ -29,6 +29,7 @@ from ddpinfer.launch.store_wait import after_every_rank
 from ddpinfer.plan import fingerprint, finished, openai_batch_job, work_units
 from ddpinfer.plan.held_parts import assign_held_parts, ranks_sharing_run_dir, reconcile_held_parts
 from ddpinfer.plan.outputs import Output, check_output, resolve_output
+from ddpinfer.plan.st_needs import check_st_task
 from ddpinfer.plan.task_needs import (
     check_engine,
     check_keep_fields,
@@ -99,6 +100,7 @@ def _local_checks(cfg: Config, env: LaunchEnv, run_dir: Path) -> tuple[inputs.In
     check_keep_fields(cfg)
     check_engine(cfg)
     check_model_path(model_path(cfg))
+    check_st_task(cfg, model_path(cfg))
     if env.is_main:
         check_output(output, spec, run_dir)
     return spec, output

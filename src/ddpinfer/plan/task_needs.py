@@ -129,6 +129,13 @@ def input_fields(cfg: Config) -> tuple[tuple[str, FieldCheck | None], ...]:
     fields: tuple[tuple[str, FieldCheck | None], ...] = ()
     if cfg.task.name == "image_text" and not cfg.data.messages_field:
         fields = ((cfg.data.image_field, images.check_paths),)
+    if cfg.task.name == "score":
+        if not cfg.data.pair_field:
+            raise UserError(
+                "task=score scores pairs of texts: data.pair_field=<field> names the field of "
+                "each pair's second text (data.text_field holds the first)"
+            )
+        fields = ((cfg.data.pair_field, check_pair_text),)
     if cfg.data.params_field:
         if cfg.task.name not in ("generate", "image_text"):
             raise UserError(
@@ -158,6 +165,14 @@ def text_check(cfg: Config) -> FieldCheck | None:
     return chat.check_messages
 
 
+def check_pair_text(value: object, folder: Path) -> str:
+    """task=score's second text: a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        kind = "empty" if isinstance(value, str) else type(value).__name__
+        raise ValueError(f"is {kind}, expected a non-empty string (the pair's second text)")
+    return value
+
+
 OUTPUT_COLUMNS = {
     "embed": ("embedding",),
     "classify": ("label", "score", "top_k"),
@@ -175,6 +190,7 @@ OUTPUT_COLUMNS = {
         "completion_tokens",
         "logprobs",
     ),
+    "score": ("score",),
 }
 """The columns each built-in task writes beside the id (a custom task's are known once it ran)."""
 

@@ -4,8 +4,9 @@ Memory stays bounded by one unit at a time (its part, or its fragments combined)
 appear exactly once (as a result or as an error), or the merge stops naming what is missing or
 duplicated, and no output is written.
 Results are never re-parsed: Arrow columns go to Parquet and to a Hugging Face ``datasets`` folder
-as they are, to ``.npy`` as raw float32, and to JSON Lines through orjson (float32 values in their
-shortest form). Input fields kept with ``output.keep_fields`` come right after the id.
+as they are, to ``.npy`` as raw values (float32, or task.precision's dtype), and to JSON Lines
+through orjson (float32 values in their shortest form; int8 and uint8 as integers). Input
+fields kept with ``output.keep_fields`` come right after the id.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ddpinfer.plan.outputs import side_file
 from ddpinfer.results import openai_batch
 from ddpinfer.rundir.atomic import atomic_dir, atomic_path, atomic_text
 from ddpinfer.rundir.parts import (
+    COMPACT_DTYPES,
     ERRORS_KEY,
     ID_ENCODING_KEY,
     KEPT_PREFIX,
@@ -386,14 +388,17 @@ class NpyWriter:
         fields = [n for n in _task_fields(table) if pa.types.is_fixed_size_list(table[n].type)]
         if not fields:
             raise MergeError("output.format=npy needs an embedding column (task=embed)")
-        matrix = _json_values(table.column(fields[0])).astype(np.float32, copy=False)
+        matrix = _json_values(table.column(fields[0]))
+        if matrix.dtype not in COMPACT_DTYPES:  # task.precision's dtype, else float32
+            matrix = matrix.astype(np.float32, copy=False)
+        descr = matrix.dtype.newbyteorder("<").str
         if self.dim is None:
             self.dim = matrix.shape[1]
             np.lib.format.write_array_header_1_0(
                 self.file,
-                {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim)},
+                {"descr": descr, "fortran_order": False, "shape": (self.rows, self.dim)},
             )
-        self.file.write(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
+        self.file.write(np.ascontiguousarray(matrix, dtype=descr).tobytes())
         keys = ["id", *_kept_names(table)]
         columns = [python_ids(table), *(kept_values(table, c) for c in _kept_columns(table))]
         _write_lines(self.ids_file, keys, columns)

@@ -65,14 +65,19 @@ def id_array(ids: Sequence[Any]) -> tuple[pa.Array, pa.Field]:
     )
 
 
+COMPACT_DTYPES = (np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8))
+"""Embedding dtypes kept as they are (task.precision); any other is stored as float32."""
+
+
 def column_array(values: Any) -> pa.Array:
     """A task column as Arrow: 2-D arrays as fixed-size lists (embeddings), float arrays as
     float32, Arrow arrays as they are, anything else as Arrow infers it."""
     if isinstance(values, pa.Array):
         return values
     if isinstance(values, np.ndarray):
-        if values.ndim == 2:
-            flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+        if values.ndim == 2:  # embeddings: float32, or the compact dtype of task.precision
+            dtype = values.dtype if values.dtype in COMPACT_DTYPES else np.float32
+            flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
             return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
         if values.dtype.kind == "f":
             return pa.array(values.astype(np.float32, copy=False))

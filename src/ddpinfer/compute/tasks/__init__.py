@@ -17,6 +17,7 @@ TASK_MODULES = {
     "generate": "ddpinfer.compute.tasks.generate",
     "image_text": "ddpinfer.compute.tasks.image_text",
     "custom": "ddpinfer.compute.tasks.custom",
+    "score": "ddpinfer.compute.tasks.score",
 }
 
 
