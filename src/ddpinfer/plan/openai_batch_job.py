@@ -27,7 +27,8 @@ def adopt(cfg: Config) -> str | None:
     return its endpoint; else None (nothing changes)."""
     if cfg.data.format not in ("auto", FORMAT) or cfg.data.path is None:
         return None
-    files = find_input_files(cfg.data.path, "jsonl" if cfg.data.format == FORMAT else "auto")
+    fmt = "jsonl" if cfg.data.format == FORMAT else "auto"
+    files = find_input_files(cfg.data.path, fmt, cfg.data.split)
     first = first_request(files.files[0]) if files.format == "jsonl" else None
     if first is None:
         if cfg.data.format == FORMAT:
