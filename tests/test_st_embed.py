@@ -245,3 +245,19 @@ def test_another_prompt_is_a_different_run(tmp_path, dense_model):
     embed(tmp_path, dense_model, "task.prompt_name=passage")
     with pytest.raises(UserError, match=r"different run \(task.prompt_name: 'passage' -> 'query'"):
         embed(tmp_path, dense_model, "task.prompt_name=query")
+
+
+def test_the_contents_of_a_ranges_file_are_part_of_the_run(tmp_path):
+    """int8/uint8 codes depend on the ranges file's values: new values in the same file are
+    another run, refused like any other changed setting."""
+    import numpy as np
+
+    from ddpinfer.config import EmbedTaskConfig
+    from ddpinfer.plan.fingerprint import task_settings
+
+    ranges = tmp_path / "ranges.npy"
+    np.save(ranges, np.array([[-1.0, -1.0], [1.0, 1.0]], dtype=np.float32))
+    task = EmbedTaskConfig(precision="int8", ranges=str(ranges))
+    before = task_settings(task)
+    np.save(ranges, np.array([[-2.0, -2.0], [2.0, 2.0]], dtype=np.float32))
+    assert task_settings(task) != before

@@ -135,7 +135,8 @@ a re-run may change them."""
 def task_settings(task: Any) -> dict[str, Any]:
     """The task's settings that decide its results: its schema's fields (the engine's resource
     settings aside), a custom task's extra keys (+task.my_key=..., attributes beyond the
-    schema's fields) and its code."""
+    schema's fields), its code, and the contents of a task.ranges file (int8/uint8 codes
+    depend on them, not on its path)."""
     settings = dataclasses.asdict(task)
     fields = {f.name for f in dataclasses.fields(task)}
     settings.update({k: v for k, v in vars(task).items() if k not in fields})
@@ -143,6 +144,9 @@ def task_settings(task: Any) -> dict[str, Any]:
         settings["vllm"] = {k: v for k, v in settings["vllm"].items() if k not in RESOURCE_SETTINGS}
     if task.name == "custom":
         settings["source"] = custom_task_source(task.target)
+    ranges = settings.get("ranges")
+    if ranges and Path(ranges).expanduser().is_file():
+        settings["ranges_digest"] = file_digest(Path(ranges).expanduser())
     return settings
 
 
