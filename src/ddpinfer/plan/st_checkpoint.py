@@ -88,13 +88,7 @@ def read(path: str) -> Checkpoint | None:
         _head_module(kind, root / m.get("path", "")) for kind, m in zip(kinds[2:], modules[2:])
     )
     settings = _json(root / "config_sentence_transformers.json", missing_ok=True)
-    prompts = {k: v for k, v in (settings.get("prompts") or {}).items() if v is not None}
-    default = settings.get("default_prompt_name")
-    if default is not None and default not in prompts:
-        raise UserError(
-            f"{root / 'config_sentence_transformers.json'}: default_prompt_name {default!r} is "
-            f"not one of its prompts ({', '.join(prompts) or 'none'}). HINT: fix the file."
-        )
+    prompts, default = _prompts(root, settings)
     return Checkpoint(
         transformer_dir=transformer_dir,
         max_seq_length=_text_max_length(transformer) or transformer.get("max_seq_length"),
@@ -135,12 +129,26 @@ def read_cross_encoder(path: str) -> CrossEncoderCheckpoint | None:
     config = _json(transformer_dir / "sentence_bert_config.json", missing_ok=True)
     _check_text_transformer(config, transformer_dir, "sequence-classification")
     settings = _json(root / "config_sentence_transformers.json", missing_ok=True)
+    prompts, default = _prompts(root, settings)
     return CrossEncoderCheckpoint(
         transformer_dir=transformer_dir,
-        prompts={k: v for k, v in (settings.get("prompts") or {}).items() if v is not None},
-        default_prompt_name=settings.get("default_prompt_name"),
+        prompts=prompts,
+        default_prompt_name=default,
         activation_fn=settings.get("activation_fn"),
     )
+
+
+def _prompts(root: Path, settings: dict) -> tuple[dict[str, str], str | None]:
+    """config_sentence_transformers.json's prompts by name, and its default prompt's name
+    (which must be one of them)."""
+    prompts = {k: v for k, v in (settings.get("prompts") or {}).items() if v is not None}
+    default = settings.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise UserError(
+            f"{root / 'config_sentence_transformers.json'}: default_prompt_name {default!r} is "
+            f"not one of its prompts ({', '.join(prompts) or 'none'}). HINT: fix the file."
+        )
+    return prompts, default
 
 
 def _json(path: Path, missing_ok: bool = False) -> Any:
