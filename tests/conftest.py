@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 # Tests never download: the hub is off for this process and every process it starts, set before
 # huggingface_hub is imported (it reads the variable once). The product must not need it
@@ -13,17 +12,24 @@ from hypothesis import HealthCheck, settings
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ddpinfer.torch_extensions import hide_unloadable  # noqa: E402
-
-hide_unloadable()  # before transformers is imported: extensions built for another torch break it
-
-# Property tests check what happens, not how fast: on a busy machine an example can take 5x its
-# usual time (Hypothesis' 200 ms deadline failed at 900 ms), and so can generating one.
-settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("suite")
-
 sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Set up a process that runs tests; xdist's controller only hands them out, and skips the
+    imports (seconds of torch and transformers before any worker starts)."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    from hypothesis import HealthCheck, settings
+
+    from ddpinfer.torch_extensions import hide_unloadable
+
+    # before transformers is imported: extensions built for another torch break it
+    hide_unloadable()
+    # Property tests check what happens, not how fast: on a busy machine an example can take 5x
+    # its usual time (Hypothesis' 200 ms deadline failed at 900 ms), and so can generating one.
+    settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")
@@ -33,26 +39,36 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bert_embedder(models_dir) -> Path:
+    import tiny_models
+
     return tiny_models.save_bert_embedder(models_dir / "bert-embed")
 
 
 @pytest.fixture(scope="session")
 def bert_classifier(models_dir) -> Path:
+    import tiny_models
+
     return tiny_models.save_bert_classifier(models_dir / "bert-classify")
 
 
 @pytest.fixture(scope="session")
 def gpt2_generator(models_dir) -> Path:
+    import tiny_models
+
     return tiny_models.save_gpt2_generator(models_dir / "gpt2-generate")
 
 
 @pytest.fixture(scope="session")
 def llama_generator(models_dir) -> Path:
+    import tiny_models
+
     return tiny_models.save_llama_generator(models_dir / "llama-generate")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(models_dir) -> Path:
+    import tiny_models
+
     return tiny_models.save_llava(models_dir / "llava")
 
 

@@ -95,6 +95,7 @@ def test_logprobs_equal_a_teacher_forced_forward_pass(tmp_path, chat_llama, hf):
             ]
 
 
+@pytest.mark.slow  # a two-rank run
 def test_n_answers_per_prompt_are_seeded_per_row_and_answer_on_any_number_of_ranks(
     tmp_path, chat_llama
 ):

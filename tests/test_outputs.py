@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers import TEXTS, check, launch, read_jsonl, write_jsonl
+from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
 
 from ddpinfer.config import OutputConfig
+from ddpinfer.errors import UserError
 from ddpinfer.inputs import open_spec
 from ddpinfer.plan.outputs import (
     Output,
@@ -65,37 +66,30 @@ def test_nothing_the_run_did_not_write_is_replaced(tmp_path):
     check_output(Output(run_dir / "output.jsonl", "jsonl"), spec, run_dir)
 
 
-@pytest.mark.slow
 def test_a_folder_output_never_deletes_what_it_did_not_write(tmp_path, bert_embedder):
     folder = tmp_path / "dD"
     folder.mkdir()
     data = write_jsonl(folder / "input.jsonl", TEXTS)
     (folder / "notes.txt").write_text("my notes")
     args = [f"model.path={bert_embedder}", f"data.path={data}", "output.format=hf_dataset"]
-    refused = launch([*args, f"output.path={folder}"], nproc=2, cwd=tmp_path)
-    assert refused.returncode != 0
-    assert "a non-empty folder that this run did not write" in refused.stderr
+    # in this process: what is refused does not depend on the world size, and the refusal is a
+    # UserError (exit 2 from the entry point: tests/test_job_safety.py)
+    with pytest.raises(UserError, match="a non-empty folder that this run did not write"):
+        run_in_process([*args, f"output.path={folder}"], tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["input.jsonl", "notes.txt"]
     # A folder of its own: written, and replaced by the same run later.
     out = tmp_path / "embeddings"
-    check(launch([*args, f"output.path={out}"], nproc=2, cwd=tmp_path))
-    check(launch([*args, f"output.path={out}", "run.fresh=true"], nproc=2, cwd=tmp_path))
+    run_in_process([*args, f"output.path={out}"], tmp_path)
+    run_in_process([*args, f"output.path={out}", "run.fresh=true"], tmp_path)
     assert (out / "state.json").is_file()
 
 
-@pytest.mark.slow
 def test_npy_ids_files_never_collide_and_are_never_read_back_as_inputs(tmp_path, bert_embedder):
     out = tmp_path / "out"
     base = [f"model.path={bert_embedder}", "data.id_field=uid"]
     for name, texts in (("a", TEXTS[:5]), ("b", TEXTS[5:])):
         data = write_jsonl(tmp_path / f"{name}.jsonl", texts, id_prefix=name)
-        check(
-            launch(
-                [*base, f"data.path={data}", f"output.path={out}/emb.{name}.npy"],
-                cwd=out.parent,
-                nproc=2,
-            )
-        )
+        run_in_process([*base, f"data.path={data}", f"output.path={out}/emb.{name}.npy"], tmp_path)
     for name, count in (("a", 5), ("b", len(TEXTS) - 5)):
         ids = [r["id"] for r in read_jsonl(out / f"emb.{name}.ids.jsonl")]
         assert ids == [f"{name}-{i}" for i in range(count)]
@@ -104,7 +98,8 @@ def test_npy_ids_files_never_collide_and_are_never_read_back_as_inputs(tmp_path,
     (tmp_path / "gl").mkdir()
     write_jsonl(tmp_path / "gl" / "part-0.jsonl", TEXTS)
     glob = [*base, "data.path=gl/*.jsonl", "output.path=gl/emb.npy"]
-    refused = launch(glob, nproc=2, cwd=tmp_path)
-    assert refused.returncode != 0 and not (tmp_path / "gl" / "emb.npy").exists()
-    assert "gl/emb.ids.jsonl, written by this run, matches data.path=gl/*.jsonl" in refused.stderr
+    with pytest.raises(UserError, match=r"gl/emb\.ids\.jsonl, written by this run, matches "
+                       r"data\.path=gl/\*\.jsonl"):  # fmt: skip
+        run_in_process(glob, tmp_path)
+    assert not (tmp_path / "gl" / "emb.npy").exists()
     assert json.loads((tmp_path / "gl" / "part-0.jsonl").read_text().splitlines()[0])["uid"]

@@ -1,9 +1,11 @@
 """What a job at scale needs from rank 0's preflight: the other ranks wait for a scan longer
 than run.timeout_s."""
 
+import pytest
 from helpers import assert_complete, check, launch, resumable_job
 
 
+@pytest.mark.slow  # two processes, and a scan held for 12 s
 def test_a_scan_longer_than_the_collective_timeout_does_not_fail_the_job(tmp_path, bert_embedder):
     args = resumable_job(tmp_path, bert_embedder, 12)
     # rank 1 waits 12 s for rank 0's scan: a collective would give up after 5

@@ -8,7 +8,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import TEXTS, check, launch, read_jsonl, run_in_process, write_jsonl
+from helpers import (
+    TEXTS,
+    check,
+    launch,
+    read_jsonl,
+    run_in_process,
+    start,
+    torchrun_cmd,
+    wait_for,
+    write_jsonl,
+)
 
 from ddpinfer.compute.batching import BatchLimits
 from ddpinfer.compute.tasks import build_task
@@ -35,6 +45,10 @@ def embed(tmp_path, model, name, *extra, nproc=None):
     return check(launch(args, nproc=nproc, cwd=tmp_path)), out
 
 
+def read(path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def rank_stats(tmp_path, name, world):
     return [json.loads((tmp_path / "runs" / name / "stats" / f"rank{r}.json").read_text())
             for r in range(world)]  # fmt: skip
@@ -47,8 +61,23 @@ def embeddings(path):
 @pytest.mark.slow
 def test_a_slow_rank_takes_fewer_units_and_results_do_not_change(tmp_path, corpus, bert_embedder):
     _, reference = embed(tmp_path, bert_embedder, "one.jsonl")
-    slow = ["data.unit_size=2", "batch_size=2", "fault.slow_rank=1", "fault.delay_s=0.25"]
-    _, out = embed(tmp_path, bert_embedder, "slow.jsonl", *slow, nproc=2)
+    # The slow rank holds before its first batch (fault.hold_file holds fault.slow_rank only),
+    # its first unit claimed: started late on a busy machine, it would find every unit taken.
+    hold = tmp_path / "hold"
+    hold.touch()
+    slow = ["data.unit_size=2", "batch_size=2", "fault.slow_rank=1", "fault.delay_s=0.25",
+            f"fault.hold_file={hold}"]  # fmt: skip
+    out = tmp_path / "slow.jsonl"
+    args = [f"model.path={bert_embedder}", "data.path=in.jsonl", "data.id_field=uid",
+            f"output.path={out}", "run.name=slow.jsonl", *slow]  # fmt: skip
+    proc = start(torchrun_cmd(args, 2), tmp_path, tmp_path / "console.txt")
+    logs = tmp_path / "runs" / "slow.jsonl" / "logs"
+    try:
+        wait_for(lambda: "fault.hold_file: rank 1 holds" in read(logs / "rank1.log"))
+        hold.unlink()
+        assert proc.wait(timeout=600) == 0, read(tmp_path / "console.txt")
+    finally:
+        proc.kill()
     fast, slow_rank = rank_stats(tmp_path, "slow.jsonl", 2)
     assert fast["inputs"] + slow_rank["inputs"] == N
     assert fast["inputs"] >= 2 * slow_rank["inputs"] > 0  # shares follow speed

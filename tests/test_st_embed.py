@@ -130,10 +130,11 @@ def test_a_module_ddpinfer_does_not_run_stops_the_run_before_any_work(tmp_path, 
     )
     (model / "modules.json").write_text(json.dumps(modules))
     data = write_jsonl(tmp_path / "in.jsonl", TEXTS)
-    result = launch([f"model.path={model}", f"data.path={data}", "run.dir=run"], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "sentence_transformers.models.LSTM" in result.stderr
-    assert str(model / "modules.json") in result.stderr
+    # in this process: a UserError is exit 2 from the entry point (tests/test_job_safety.py)
+    with pytest.raises(UserError) as refused:
+        run_in_process([f"model.path={model}", f"data.path={data}", "run.dir=run"], tmp_path)
+    assert "sentence_transformers.models.LSTM" in str(refused.value)
+    assert str(model / "modules.json") in str(refused.value)
     assert not list((tmp_path / "run").glob("parts/*.arrow"))
 
 
