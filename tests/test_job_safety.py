@@ -71,6 +71,44 @@ def test_a_second_job_on_the_same_directory_stops_at_once(job):
     assert_complete(tmp_path, N)
 
 
+def test_a_job_frozen_between_its_fence_and_its_write_writes_nothing_once_taken_over(job):
+    """The lock fence is checked once a write is prepared, right before it becomes visible: a
+    job frozen there (SIGSTOP, a suspended VM) past run.dead_after_s, whose lock another job
+    took over meanwhile, writes nothing when it wakes up."""
+    import time
+
+    tmp_path, args = job
+    hold_write, hold_batch = tmp_path / "hold-write", tmp_path / "hold-batch"
+    hold_write.touch()
+    hold_batch.touch()
+    plain = [sys.executable, str(LAUNCHER), *args, *FAST_LIVENESS]
+    first = start([*plain, f"fault.write_hold_file={hold_write}"], tmp_path, tmp_path / "a.log")
+    second = None
+    try:
+        wait_for(said(tmp_path / "a.log", "rank 0 holds before a write"), timeout=300)
+        os.kill(first.pid, signal.SIGSTOP)
+        lock = tmp_path / "runs" / "job" / "run.lock"
+        wait_for(lambda: time.time() - json.loads(lock.read_text())["heartbeat"] > 5, 300)
+        second = start([*plain, f"fault.hold_file={hold_batch}"], tmp_path, tmp_path / "b.log")
+        wait_for(said(tmp_path / "b.log", "rank 0 holds before its batch"), timeout=300)
+        assert "took over" in (tmp_path / "b.log").read_text()
+        hold_write.unlink()
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 2
+        assert "was taken over by" in (tmp_path / "a.log").read_text()
+        parts = tmp_path / "runs" / "job" / "parts"
+        assert not list(parts.iterdir()) if parts.is_dir() else True  # no part, no journal
+        hold_batch.unlink()
+        assert second.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()
+    finally:
+        stop_all([first, *([second] if second else [])])
+    assert_complete(tmp_path, N)
+
+
+def said(log: Path, words: str):
+    return lambda: log.is_file() and words in log.read_text()
+
+
 def static_torchrun(args: list[str], port: int) -> list[str]:
     """torchrun with a static rendezvous on ``port``: its run id is "none", as for every job
     started that way."""

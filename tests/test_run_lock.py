@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from ddpinfer.launch import run_lock
 from ddpinfer.launch.run_lock import (
     LOCK_NAME,
     LockFence,
@@ -18,6 +20,7 @@ from ddpinfer.launch.run_lock import (
     Owner,
     RunDirLocked,
     RunLock,
+    read_owner,
 )
 from ddpinfer.rundir.atomic import atomic_path
 
@@ -104,7 +107,7 @@ def test_an_earlier_attempt_of_the_same_job_is_taken_over_not_a_twin(tmp_path):
 
 def test_a_job_whose_lock_is_taken_over_stops_and_its_fence_refuses_writes(tmp_path):
     held = lock(tmp_path).acquire()
-    fence = LockFence(tmp_path / LOCK_NAME, held.token)
+    fence = LockFence(tmp_path / LOCK_NAME, held.token, heartbeat_s=0.0, stale_after_s=60)
     fence.check()
     write_lock(tmp_path, token="someone-else", job="job-9")  # taken over while this job froze
     with pytest.raises(LostRunLock, match="taken over by job job-9"):
@@ -125,3 +128,73 @@ def test_temporary_names_are_unique_in_one_process(tmp_path):
         a.write_text("a")
         b.write_text("b")
     assert target.read_text() in ("a", "b")
+
+
+def test_the_fence_reads_the_lock_once_per_heartbeat_and_keeps_a_lease(tmp_path):
+    """Between reads the fence answers from memory: safe, because a lock is taken over only
+    once its heartbeat is older than stale_after_s, and the fence lets a write through only
+    while the heartbeat it last saw is younger than stale_after_s - heartbeat_s."""
+    write_lock(tmp_path, token="mine")
+    fence = LockFence(tmp_path / LOCK_NAME, "mine", heartbeat_s=3600, stale_after_s=7200)
+    for _ in range(100):
+        fence.check()
+    assert fence.reads == 1
+    # frozen past its lease (a heartbeat 100 s old, seen now): the fence reads the lock again
+    # and waits for a renewal; here, another job took the lock over meanwhile
+    write_lock(tmp_path, token="mine", heartbeat=time.time() - 100)
+    fence = LockFence(tmp_path / LOCK_NAME, "mine", heartbeat_s=3600, stale_after_s=60)
+    fence._read()
+    write_lock(tmp_path, token="other", job="job-7")
+    with pytest.raises(LostRunLock, match="taken over by job job-7"):
+        fence.check()
+
+
+def test_a_fence_past_its_lease_waits_for_the_renewal(tmp_path):
+    write_lock(tmp_path, token="mine", heartbeat=time.time() - 100)
+    fence = LockFence(tmp_path / LOCK_NAME, "mine", heartbeat_s=0.05, stale_after_s=60)
+    renewer = threading.Thread(
+        target=lambda: (fence_waits.wait(60), write_lock(tmp_path, token="mine"))
+    )
+    fence_waits = threading.Event()
+    reads = fence._read
+
+    def counting_read():
+        reads()
+        if fence.reads >= 2:  # the fence is waiting: its holder's heartbeat comes now
+            fence_waits.set()
+
+    fence._read = counting_read
+    renewer.start()
+    fence.check()  # returns once the lock is renewed
+    renewer.join()
+    assert fence.reads >= 2
+
+
+def test_a_lock_that_cannot_be_read_for_a_moment_is_not_a_lost_lock(tmp_path):
+    path = tmp_path / LOCK_NAME
+    path.write_text("{")  # half visible, as a shared filesystem can show a write for a moment
+    failed = threading.Event()
+
+    def repair():
+        failed.wait(60)
+        write_lock(tmp_path / "new", token="mine")
+        os.replace(tmp_path / "new" / LOCK_NAME, path)
+
+    repairer = threading.Thread(target=repair)
+    repairer.start()
+    seen = []
+    original = run_lock.log.debug
+
+    def noticing(message, *args):
+        seen.append(message % args)
+        failed.set()
+        original(message, *args)
+
+    run_lock.log.debug = noticing
+    try:
+        assert read_owner(path).token == "mine"
+    finally:
+        run_lock.log.debug = original
+        failed.set()
+        repairer.join()
+    assert seen and "trying again" in seen[0]

@@ -47,7 +47,7 @@ def for_attempt(fault: FaultConfig, attempt: int) -> FaultConfig:
     when unset), so the resumed run of a test that was slowed down to be stopped runs at speed."""
     if fault.attempt is None or fault.attempt == attempt:
         return fault
-    return dataclasses.replace(fault, delay_s=0.0, hold_file=None)
+    return dataclasses.replace(fault, delay_s=0.0, hold_file=None, write_hold_file=None)
 
 
 def _chosen(fault: FaultConfig, rank: int, attempt: int) -> bool:
@@ -82,6 +82,15 @@ def before_batch(fault: FaultConfig, batch_size: int, rank: int = 0, batches_don
         raise torch.OutOfMemoryError(
             f"injected: a batch of {batch_size} is over fault.oom_above={fault.oom_above}"
         )
+
+
+def before_write(fault: FaultConfig, rank: int) -> None:
+    """A write into the run directory is prepared and about to become visible."""
+    if fault.write_hold_file and os.path.exists(fault.write_hold_file):
+        log.info("fault.write_hold_file: rank %d holds before a write while %s exists", rank,
+                 fault.write_hold_file)  # fmt: skip
+        while os.path.exists(fault.write_hold_file):
+            time.sleep(0.05)
 
 
 def _hold(path: str, rank: int, batches_done: int) -> None:

@@ -90,7 +90,7 @@ def run(cfg: Config, environ: Mapping[str, str] | None = None) -> RunResult:
     group = ProcessGroup(env, torch.device("cpu") if engine else device, cfg.run.timeout_s)
     # Rank 0 locks the run directory before any rank writes to it (its log file included).
     lock = agreed(group, lambda: take_run_lock(run_dir, env, cfg.run) if env.is_main else None)
-    watch = Watch(signals, lock, group.broadcast_object(lock and lock.token), run_dir)
+    watch = Watch(signals, lock, group.broadcast_object(lock and lock.token), run_dir, cfg.run)
     try:
         setup_logging(run_dir, env.rank, env.is_main, cfg.log.level)
         log.info("command: %s", " ".join(sys.argv), extra=FILE_ONLY)  # what made this directory

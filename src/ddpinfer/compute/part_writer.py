@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ddpinfer import faults
 from ddpinfer.compute.unit_tracker import BatchResult, UnitResult
+from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
+from ddpinfer.launch import Watch
 from ddpinfer.rundir.journal import Journal
 from ddpinfer.rundir.parts import build_table, write_part
 
@@ -25,7 +28,9 @@ back (and its stall clock runs) instead of letting results pile up in memory."""
 
 class PartWriter:
     """``keep`` names the input fields (from ``Row.fields``) written beside the results;
-    ``before_write`` runs before each write, and may refuse it by raising."""
+    ``before_write`` runs right before each write becomes visible (a part's rename, a journal
+    record's append: the lock fence, checked as late as it can be), and may refuse it by
+    raising."""
 
     def __init__(
         self,
@@ -91,19 +96,30 @@ class PartWriter:
             if journal is not None:
                 journal.delete()
             return
-        self.before_write()  # raises when the job no longer owns the run directory
         if kind == "batch":
             _, window, result = item
             journal = self._journals.setdefault(window, Journal(self.run_dir))
-            journal.append(self._table(result.rows, result.columns, result.errors))
+            table = self._table(result.rows, result.columns, result.errors)
+            journal.append(table, self.before_write)
             return
         result = item[1]
         rows = [result.rows[i] for i in result.good]
         tag = uuid.uuid4().hex if result.fragment else None
         table = self._table(rows, result.columns, result.errors)
-        self.done.append(write_part(self.run_dir, result.unit, table, tag))
+        self.done.append(write_part(self.run_dir, result.unit, table, tag, self.before_write))
         self.units_done.append(result.unit)
 
     def _table(self, rows: list[Row], columns: dict[str, Any], errors: list[dict]):
         kept = {k: [r.fields[k] for r in rows] for k in self.keep}  # type: ignore[index]
         return build_table([r.index for r in rows], [r.id for r in rows], columns, errors, kept)
+
+
+def guarded(watch: Watch, fault: FaultConfig, rank: int) -> Callable[[], None]:
+    """A rank's check before each write becomes visible: a test's ``fault.write_hold_file``,
+    then the lock fence."""
+
+    def before_write() -> None:
+        faults.before_write(fault, rank)
+        watch.fence()
+
+    return before_write

@@ -14,7 +14,7 @@ import torch
 from ddpinfer import faults
 from ddpinfer.compute.batching import BatchLimits
 from ddpinfer.compute.feed import WindowFeed
-from ddpinfer.compute.part_writer import PartWriter
+from ddpinfer.compute.part_writer import PartWriter, guarded
 from ddpinfer.compute.unit_tracker import BatchResult
 from ddpinfer.compute.windows import Throughput, Window, WindowRunner, prepare_window
 from ddpinfer.compute.work import WorkBoard, claims, rows_reader
@@ -50,7 +50,9 @@ def run_units(
     read = _window_reader(plan, task, limits)
     busy, started_units, finished = 0.0, 0, 0
     with (
-        PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
+        PartWriter(
+            run_dir, keep=plan.spec.keep, before_write=guarded(watch, fault, env.rank)
+        ) as writer,
         WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
     ):
         for window in feed:

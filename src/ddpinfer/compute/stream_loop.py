@@ -27,7 +27,7 @@ import torch
 from ddpinfer import faults
 from ddpinfer.compute.engines.vllm_engine import RequestRejected, VllmEngine
 from ddpinfer.compute.feed import DONE, WindowFeed
-from ddpinfer.compute.part_writer import PartWriter
+from ddpinfer.compute.part_writer import PartWriter, guarded
 from ddpinfer.compute.unit_tracker import UnitTracker, WindowRows
 from ddpinfer.compute.windows import Throughput
 from ddpinfer.compute.work import WorkBoard, claims, rows_reader
@@ -75,7 +75,9 @@ def stream_units(
     busy = 0.0
     cap = QUEUED_BATCHES * task.engine.max_num_seqs
     with (
-        PartWriter(run_dir, keep=plan.spec.keep, before_write=watch.fence) as writer,
+        PartWriter(
+            run_dir, keep=plan.spec.keep, before_write=guarded(watch, fault, env.rank)
+        ) as writer,
         WindowFeed(claims(plan, env, board, window_rows).next, read, watch.check_stop) as feed,
     ):
         streamer = Streamer(task, writer, on_batch)

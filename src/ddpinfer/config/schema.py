@@ -220,6 +220,10 @@ class FaultConfig:
     """While this file exists, each batch waits before it starts (on fault.attempt's attempt):
     a test holds a run where it wants it, lock and heartbeats alive, and lets it go by deleting
     the file. Each rank logs once that it holds ("rank R holds before its batch B")."""
+    write_hold_file: str | None = None
+    """While this file exists, every write into the run directory (a journal record, a part)
+    waits once it is prepared, right before it becomes visible and before the lock fence is
+    checked (on fault.attempt's attempt). Each rank logs once "rank R holds before a write"."""
     scan_delay_s: float = 0.0
     """Rank 0 sleeps this long before its preflight scan (a scan of a very large input)."""
 

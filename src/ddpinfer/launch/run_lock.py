@@ -103,33 +103,108 @@ def _pid_alive(pid: int) -> bool:
 
 class LockFence:
     """What every rank checks before it writes into the run directory: that the lock still
-    names this job's token. A no-op where the run directory is not rank 0's (no shared
-    filesystem), and in a world without a lock."""
+    names this job's token, as a lease. A no-op where the run directory is not rank 0's (no
+    shared filesystem), and in a world without a lock.
 
-    def __init__(self, path: Path | None, token: str | None) -> None:
+    The lock is read at most once per ``heartbeat_s`` (from memory in between: a thousand ranks
+    do not open ``run.lock`` every batch), and a read that fails for a moment (a shared
+    filesystem's hiccup) is retried, never taken for a lost lock. What makes a check from memory
+    safe is the lease: another job takes the lock over only once its heartbeat is older than
+    ``stale_after_s``, so a write is let through only while the heartbeat last seen is younger
+    than ``stale_after_s - heartbeat_s``. Past that (this process was frozen, or rank 0's
+    heartbeat is late), the check reads the lock again and waits for a renewal, and a lock taken
+    over meanwhile stops the write. Writers call the check after a write is prepared, right
+    before it is made visible (the rename of a part, the append of a journal record): a job
+    frozen between its check and that system call, past the lease, is the one window left, as
+    with every lease-based lock."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        token: str | None,
+        heartbeat_s: float = 5.0,
+        stale_after_s: float = 60.0,
+    ) -> None:
         self.path = path
         self.token = token
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self._seen: Owner | None = None
+        self._read_at = -float("inf")
+        """``time.monotonic()`` of the last read."""
+        self.reads = 0
 
     @classmethod
-    def guarding(cls, path: Path, token: str | None, sees_run_dir: bool) -> LockFence:
+    def guarding(
+        cls,
+        path: Path,
+        token: str | None,
+        sees_run_dir: bool,
+        heartbeat_s: float = 5.0,
+        stale_after_s: float = 60.0,
+    ) -> LockFence:
         """The fence of a rank: on where it sees rank 0's run directory, found by the probe,
         or, where no probe ran (output.shared_fs=false), by the lock naming this job: rank 0's
         node-mates write into rank 0's run directory whatever the setting says."""
-        if sees_run_dir:
-            return cls(path, token)
-        holder = Owner.read(path)
-        return cls(path if holder and holder.token == token else None, token)
+        if not sees_run_dir:
+            holder = Owner.read(path)
+            if holder is None or holder.token != token:
+                return cls(None, token)
+        return cls(path, token, heartbeat_s, stale_after_s)
 
     def check(self) -> None:
+        """Raise ``LostRunLock`` unless the lock names this job and its lease holds."""
         if self.path is None or self.token is None:
             return
-        holder = Owner.read(self.path)
+        if time.monotonic() - self._read_at >= self.heartbeat_s:
+            self._read()
+        waited_since = None
+        while not self._lease_holds():
+            if waited_since is None:
+                waited_since = time.monotonic()
+            elif time.monotonic() - waited_since > self.stale_after_s:
+                raise lost_lock(self.path, self._seen, renewed=False)
+            time.sleep(min(0.1, self.heartbeat_s))
+            self._read()
+
+    def _lease_holds(self) -> bool:
+        holder = self._seen
         if holder is None or holder.token != self.token:
-            raise lost_lock(self.path, holder)
+            raise lost_lock(self.path, holder)  # type: ignore[arg-type]
+        return time.time() - holder.heartbeat < self.stale_after_s - self.heartbeat_s
+
+    def _read(self) -> None:
+        self._seen = read_owner(self.path)  # type: ignore[arg-type]
+        self._read_at = time.monotonic()
+        self.reads += 1
 
 
-def lost_lock(path: Path, holder: Owner | None) -> LostRunLock:
-    who = f"taken over by {holder.describe()}" if holder else "removed"
+def read_owner(path: Path, retry_for_s: float = 30.0) -> Owner | None:
+    """The lock's owner, None when there is no lock file. Any other failure to read it (a shared
+    filesystem's transient error, a half-visible write) is retried for ``retry_for_s`` before
+    it is raised: a read error never counts as a lost lock."""
+    deadline = time.monotonic() + retry_for_s
+    delay = 0.05
+    while True:
+        try:
+            return Owner(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            if time.monotonic() > deadline:
+                raise OSError(f"cannot read the run directory's lock {path}: {e}") from e
+            log.debug("reading %s failed (%s); trying again", path, e)
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+
+def lost_lock(path: Path, holder: Owner | None, renewed: bool = True) -> LostRunLock:
+    if holder is None:
+        who = "removed"
+    elif renewed:
+        who = f"taken over by {holder.describe()}"
+    else:
+        who = f"not renewed by its holder ({holder.describe()}) for run.dead_after_s"
     return LostRunLock(
         f"the run directory's lock {path} was {who}: this job no longer owns "
         f"{path.parent}, so it stops and writes nothing more (what it finished is kept). HINT: "
@@ -262,7 +337,11 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            holder = Owner.read(self.path)
+            try:
+                holder = read_owner(self.path)
+            except OSError as e:  # still unreadable after retries: try again at the next beat
+                log.warning("%s", e)
+                continue
             if holder is None or holder.token != self.owner.token:
                 self.lost = lost_lock(self.path, holder)
                 log.error("%s", self.lost)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddpinfer.config import RunConfig
 from ddpinfer.launch.liveness import Liveness
 from ddpinfer.launch.run_lock import LOCK_NAME, LockFence, RunLock
 from ddpinfer.launch.stopping import StopSignals
@@ -13,7 +14,12 @@ from ddpinfer.launch.stopping import StopSignals
 
 class Watch:
     def __init__(
-        self, signals: StopSignals, lock: RunLock | None, token: str | None, run_dir: Path
+        self,
+        signals: StopSignals,
+        lock: RunLock | None,
+        token: str | None,
+        run_dir: Path,
+        run: RunConfig,
     ) -> None:
         self.signals = signals
         self.lock = lock
@@ -21,14 +27,16 @@ class Watch:
         self._fence = LockFence(None, None)
         self._lock_path = run_dir / LOCK_NAME
         self._token = token
+        self._lease = (run.heartbeat_s, run.dead_after_s)
 
     def guard_writes(self, sees_run_dir: bool) -> None:
         """From now on ``fence`` refuses writes once the lock no longer names this job (only
         where this rank sees rank 0's run directory and its lock)."""
-        self._fence = LockFence.guarding(self._lock_path, self._token, sees_run_dir)
+        self._fence = LockFence.guarding(self._lock_path, self._token, sees_run_dir, *self._lease)
 
     def fence(self) -> None:
-        """Before a write into the run directory: raise ``LostRunLock`` if the job lost it."""
+        """Right before a write into the run directory becomes visible: raise ``LostRunLock``
+        if the job lost it (``LockFence``)."""
         self._fence.check()
 
     def check_stop(self) -> None:

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -34,8 +34,9 @@ def sweep_temporaries(folder: Path, name: str | None = None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it.
+def atomic_path(path: Path, before_rename: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it
+    (``before_rename`` runs just before, and may refuse the write by raising).
 
     The temporary name is random, as ``tempfile``'s are, not derived from the PID: PIDs repeat
     across containers on different nodes, and two writers of one file must never share a
@@ -46,6 +47,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:

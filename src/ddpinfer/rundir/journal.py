@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +49,22 @@ class Journal:
         self.path = parts_dir(run_dir) / f"journal-{self.token}.arrows"
         self._file = None
 
-    def append(self, table: pa.Table) -> None:
-        """Add one batch's mini-part, and make it durable before returning."""
-        new = self._file is None
-        if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")
+    def append(self, table: pa.Table, before_write: Callable[[], None] | None = None) -> None:
+        """Add one batch's mini-part, and make it durable before returning (``before_write``
+        runs once the record is prepared, right before a byte of it is written, and may refuse
+        it by raising)."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
         payload = sink.getvalue()
-        self._file.write(framed(payload) + payload.to_pybytes())
+        record = framed(payload) + payload.to_pybytes()
+        if before_write is not None:
+            before_write()
+        new = self._file is None
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")
+        self._file.write(record)
         self._file.flush()
         os.fsync(self._file.fileno())
         if new:  # the journal's name, too, is on disk before the batch counts as kept

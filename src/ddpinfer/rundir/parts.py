@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,19 +131,28 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
-def write_part(run_dir: Path, unit: int, table: pa.Table, tag: str | None = None) -> Path:
+def write_part(
+    run_dir: Path,
+    unit: int,
+    table: pa.Table,
+    tag: str | None = None,
+    before_rename: Callable[[], None] | None = None,
+) -> Path:
     """The unit's part, or with ``tag`` one of its fragments."""
     path = part_path(run_dir, unit) if tag is None else fragment_path(run_dir, unit, tag)
-    return write_table(path, table)
+    return write_table(path, table, before_rename)
 
 
-def write_table(path: Path, table: pa.Table) -> Path:
-    """An Arrow IPC file and its checksum (``checksums``), written atomically."""
+def write_table(
+    path: Path, table: pa.Table, before_rename: Callable[[], None] | None = None
+) -> Path:
+    """An Arrow IPC file and its checksum (``checksums``), written atomically (``atomic_path``:
+    ``before_rename`` may refuse it)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     payload = sink.getvalue()
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as out:
+    with atomic_path(path, before_rename) as tmp, pa.OSFile(str(tmp), "wb") as out:
         out.write(payload)
         out.write(sealed(payload))
     return path
