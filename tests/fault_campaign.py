@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from helpers import LAUNCHER, TEXTS, subprocess_env, torchrun_cmd, write_jsonl
 
-KINDS = ("kill-rank", "kill-job", "sigterm", "sigint", "two-kills", "damage")
+KINDS = ("kill-rank", "freeze", "kill-job", "sigterm", "sigint", "two-kills", "damage")
+TWO_RANKS = ("kill-rank", "freeze")
+"""Kinds that strike one rank of two (under torchrun); the others, a job of one process."""
 EXPECTED_EXIT = {"sigterm": {75}, "sigint": {130}}
 """Exit codes a stopped attempt must end with (others: anything but 0 before the end)."""
 DAMAGE = ("zero tail", "truncate", "garbage", "flip")
@@ -127,10 +129,12 @@ def _damage(path: Path, rng: np.random.Generator) -> None:
 
 
 def _strike(kind: str, proc: subprocess.Popen, rng: np.random.Generator) -> None:
-    if kind == "kill-rank":
+    if kind in TWO_RANKS:  # freeze: SIGSTOP, a node lost without a word, past run.dead_after_s
         ranks = _ranks(proc)
         if ranks:
-            os.kill(int(rng.choice(ranks)), signal.SIGKILL)
+            os.kill(
+                int(rng.choice(ranks)), signal.SIGKILL if kind == "kill-rank" else signal.SIGSTOP
+            )
     elif kind in ("kill-job", "two-kills", "damage"):
         os.killpg(proc.pid, signal.SIGKILL)
     elif kind == "sigterm":
@@ -139,14 +143,21 @@ def _strike(kind: str, proc: subprocess.Popen, rng: np.random.Generator) -> None
         proc.send_signal(signal.SIGINT)
 
 
+def _end_leftovers(proc: subprocess.Popen) -> None:
+    """A frozen rank outlives its job when nothing kills it (a stopped process acts on no
+    signal but SIGKILL): the campaign ends it, as the scheduler ends a lost node's."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _computed(folder: Path) -> int:
-    """Inputs the last attempt computed (its rank logs' running counts)."""
-    total = 0
-    for log in (folder / "out" / "logs").glob("rank*.log"):
-        text = log.read_text().split("command:")[-1]
-        counts = re.findall(r"\((\d+) this attempt\)", text)
-        total += int(counts[-1]) if counts else 0
-    return total
+    """Inputs the last re-run computed (its running count in the log). Re-runs are one
+    process: a rank1.log there is the faulty attempt's, left over."""
+    log = folder / "out" / "logs" / "rank0.log"
+    counts = re.findall(r"\((\d+) this attempt\)", log.read_text().split("command:")[-1])
+    return int(counts[-1]) if counts else 0
 
 
 def run_trial(
@@ -158,7 +169,7 @@ def run_trial(
     hang = wrong_exit = False
     strikes = 2 if kind == "two-kills" else 1
     for _ in range(strikes):
-        proc = _start(folder, model, kind == "kill-rank", slow=True)
+        proc = _start(folder, model, kind in TWO_RANKS, slow=True)
         if _wait_files(run_dir, int(rng.integers(1, 6)), proc):
             _strike(kind, proc, rng)
         try:
@@ -167,6 +178,7 @@ def run_trial(
             hang = True
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
+        _end_leftovers(proc)
         finished = (folder / "out.jsonl").exists()
         if code not in EXPECTED_EXIT.get(kind, {code}) and not finished:
             wrong_exit = True

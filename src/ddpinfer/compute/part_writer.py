@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpinfer import faults
-from ddpinfer.compute.unit_tracker import BatchResult, UnitResult
+from ddpinfer.compute.unit_tracker import BatchResult, UnitResult, WindowKey
 from ddpinfer.config import FaultConfig
 from ddpinfer.inputs import Row
 from ddpinfer.launch import Watch
@@ -44,7 +44,7 @@ class PartWriter:
         self.done: list[Path] = []
         """The part and fragment files written, in order."""
         self.units_done: list[int] = []
-        self._journals: dict[Any, Journal] = {}
+        self._journals: dict[WindowKey, Journal] = {}
         self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=MAX_PENDING)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="ddpinfer-writer", daemon=True)
@@ -64,11 +64,11 @@ class PartWriter:
         """A unit whose rows are all done in its window."""
         self._put(("unit", result))
 
-    def submit_batch(self, window: Any, result: BatchResult) -> None:
-        """A batch of ``window`` (any key naming it) is done: into the window's journal."""
+    def submit_batch(self, window: WindowKey, result: BatchResult) -> None:
+        """A batch of ``window`` is done: into the window's journal."""
         self._put(("batch", window, result))
 
-    def end_window(self, window: Any) -> None:
+    def end_window(self, window: WindowKey) -> None:
         """Every unit of ``window`` was submitted: its journal goes once they are written."""
         self._put(("end", window))
 

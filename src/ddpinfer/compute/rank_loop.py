@@ -58,7 +58,7 @@ def run_units(
         for window in feed:
             faults.before_units(cfg.fault, env.rank, env.attempt, started_units, len(window.units))
             started_units += len(window.units)
-            key = window.units[0]
+            key = window.key
 
             def batch_done(result: BatchResult, key=key) -> None:
                 nonlocal finished

@@ -28,7 +28,7 @@ from ddpinfer import faults
 from ddpinfer.compute.engines.vllm_engine import RequestRejected, VllmEngine
 from ddpinfer.compute.feed import DONE, WindowFeed
 from ddpinfer.compute.part_writer import PartWriter, guarded
-from ddpinfer.compute.unit_tracker import UnitTracker, WindowRows
+from ddpinfer.compute.unit_tracker import UnitTracker, WindowKey, WindowRows
 from ddpinfer.compute.windows import Throughput
 from ddpinfer.compute.work import WorkBoard, claims, rows_reader
 from ddpinfer.config import Config
@@ -129,9 +129,9 @@ class Streamer:
         self.prompts, self.engine = task.prompts, task.engine
         self.writer, self.on_batch = writer, on_batch
         self.stats = Throughput()
-        self._windows: dict[int, WindowRows] = {}
-        self._trackers: dict[int, UnitTracker] = {}
-        self._left: dict[int, int] = {}
+        self._windows: dict[WindowKey, WindowRows] = {}
+        self._trackers: dict[WindowKey, UnitTracker] = {}
+        self._left: dict[WindowKey, int] = {}
         self._queue: deque[tuple[int, int]] = deque()  # (window, position) not yet added
         self._requests: dict[str, tuple[int, int, int]] = {}  # id -> (window, position, tokens)
         self._journaled = 0
@@ -151,7 +151,7 @@ class Streamer:
 
     def add(self, window: WindowRows) -> None:
         """Take a window: its rows that cannot run are recorded, the others queued."""
-        key = window.units[0]
+        key = window.key
         errors = {p: row.error for p, row in enumerate(window.flat) if row.error}
         self._windows[key] = window
         tracker = self._trackers[key] = UnitTracker(window, errors)
@@ -181,7 +181,7 @@ class Streamer:
             for key, positions in failed.items():
                 self._finish(key, positions)
 
-    def _send(self, key: int, pos: int, row: Any, prompt: Any) -> str | None:
+    def _send(self, key: WindowKey, pos: int, row: Any, prompt: Any) -> str | None:
         """Add one request; the reason the engine refused it, if it did."""
         request = f"{key}:{pos}"
         try:
@@ -213,7 +213,7 @@ class Streamer:
         for key, positions in by_window.items():
             self._finish(key, positions)
 
-    def _finish(self, key: int, positions: list[int]) -> None:
+    def _finish(self, key: WindowKey, positions: list[int]) -> None:
         """These rows of window ``key`` are done: journaled, and the units they complete written."""
         if not positions:
             if self._left[key] == 0:
@@ -226,7 +226,7 @@ class Streamer:
         if self._left[key] == 0:
             self._end(key)
 
-    def _journal(self, key: int, positions: list[int]) -> None:
+    def _journal(self, key: WindowKey, positions: list[int]) -> None:
         result = self._trackers[key].batch_result(positions)
         rows = len(result.rows) + len(result.errors)
         self._journaled += rows
@@ -234,6 +234,6 @@ class Streamer:
         self.writer.submit_batch(key, result)
         self.on_batch(rows, len(result.errors), self.stats.real_tokens)
 
-    def _end(self, key: int) -> None:
+    def _end(self, key: WindowKey) -> None:
         self.writer.end_window(key)
         del self._trackers[key], self._left[key], self._windows[key]

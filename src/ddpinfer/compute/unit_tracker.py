@@ -5,7 +5,7 @@ unit, handed on the moment a unit's last row is done. Shared by the batched runn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NewType
 
 import numpy as np
 
@@ -39,9 +39,15 @@ class BatchResult:
     errors: list[dict[str, Any]]
 
 
+WindowKey = NewType("WindowKey", int)
+"""A window's name: its first unit (``WindowRows.key``)."""
+
+
 @dataclass
 class WindowRows:
-    """Consecutive work units claimed together, and the rows of each still to run."""
+    """Consecutive work units claimed together, and the rows of each still to run. Its ``key``
+    names it (its journal, its in-flight state): its first unit, as no unit is in two windows
+    of one attempt."""
 
     units: list[int]
     rows: list[list[Row]]
@@ -58,6 +64,10 @@ class WindowRows:
     @property
     def num_rows(self) -> int:
         return len(self.flat)
+
+    @property
+    def key(self) -> WindowKey:
+        return WindowKey(self.units[0])
 
 
 class UnitTracker:
