@@ -255,7 +255,7 @@ def small_units(data: Path, out: Path, runs: Path) -> list[str]:
 
 
 def job_parts(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "runs" / "job" / "parts").glob("unit-*.arrow"))
+    return sorted((tmp_path / "runs" / "job" / "parts").glob("*/unit-*.arrow"))
 
 
 def assert_complete(tmp_path: Path, rows: int) -> None:

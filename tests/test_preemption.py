@@ -136,7 +136,7 @@ def _written_rows(tmp_path) -> int:
         for path in journals(run_dir):
             for table in read_journal(path):
                 rows.update(table.column("row").to_pylist())
-        for path in (run_dir / "parts").glob("unit-*.arrow"):
+        for path in (run_dir / "parts").glob("*/unit-*.arrow"):
             rows.update(read_part(path)[0].column("row").to_pylist())
     except (OSError, UserError):
         return -1

@@ -256,10 +256,10 @@ def test_a_part_cut_short_is_recomputed_and_dead_writers_temporaries_are_swept(
     write_jsonl(tmp_path / "in.jsonl", texts())
     run_in_process(args(tmp_path, bert_embedder))
     reference = read_jsonl(tmp_path / "out.jsonl")
-    part = tmp_path / "run" / "parts" / "unit-000001.arrow"
+    part = tmp_path / "run" / "parts" / "0000" / "unit-000001.arrow"
     part.write_bytes(part.read_bytes()[:200])  # a disk that filled, a copy cut short
     leftovers = [
-        tmp_path / "run" / "parts" / f".unit-000002.arrow.tmp-{'a' * 32}",
+        tmp_path / "run" / "parts" / "0000" / f".unit-000002.arrow.tmp-{'a' * 32}",
         tmp_path / f".out.jsonl.tmp-{'b' * 32}",  # beside output.path
     ]
     for path in leftovers:

@@ -132,14 +132,14 @@ def test_an_interrupted_fresh_start_never_resumes_stale_work(tmp_path, bert_embe
         pass
 
     def stopped_midway(path, *a, **k):  # stopped after the first part is gone
-        next(iter(sorted(path.glob("unit-*")))).unlink()
+        next(iter(sorted(path.glob("*/unit-*")))).unlink()
         raise Stopped
 
     with monkeypatch.context() as patch:
         patch.setattr(store, "shutil", types.SimpleNamespace(rmtree=stopped_midway))
         with pytest.raises(Stopped):
             run_in_process(new)
-    assert len(list((tmp_path / "out" / "parts").glob("unit-*"))) == 2  # stale parts left
+    assert len(list((tmp_path / "out" / "parts").glob("*/unit-*"))) == 2  # stale parts left
     with pytest.raises(FingerprintMismatch, match="no fingerprint.json"):  # another command
         run_in_process(args(tmp_path, bert_embedder, "out", "task.normalize=false"))
     run_requeued(new)
@@ -210,7 +210,8 @@ def test_the_lock_sweeps_its_own_temporaries_not_a_nested_run_directorys(tmp_pat
     ]
     ours = [
         tmp_path / "runs" / f".config.yaml.tmp-{hex32}",
-        tmp_path / "runs" / "parts" / f".unit-000000.arrow.tmp-{hex32}",
+        tmp_path / "runs" / "parts" / "0000" / f".unit-000000.arrow.tmp-{hex32}",
+        tmp_path / "runs" / "parts" / f".journal-{hex32}.arrows.tmp-{hex32}",
     ]
     for path in theirs + ours:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,3 +273,30 @@ def test_with_shared_fs_false_rank_0s_node_mates_are_fenced_too(tmp_path):
     with pytest.raises(LostRunLock):
         mate.check()
     elsewhere.check()
+
+
+def test_parts_are_spread_over_folders_of_a_thousand_units(tmp_path):
+    """A billion-row job's parts are not one flat folder: parts/0000 holds units 0-999,
+    parts/0001 the next thousand. A run directory of an earlier ddpinfer, its parts in parts/
+    itself, is still read."""
+    import shutil
+
+    from ddpinfer.rundir import store
+    from ddpinfer.rundir.parts import build_table, file_path, unit_files, write_part
+
+    emb = np.ones((2, 2), np.float32)
+    for unit in (0, 999, 1000, 2345):
+        rows = [2 * unit, 2 * unit + 1]
+        write_part(tmp_path, unit, build_table(rows, rows, {"embedding": emb}, []))
+    parts = tmp_path / "parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["0000", "0001", "0002"]
+    assert [p.name for p in (parts / "0002").iterdir()] == ["unit-002345.arrow"]
+    assert (
+        file_path(tmp_path, "unit-001000.f-ab.arrow") == parts / "0001" / "unit-001000.f-ab.arrow"
+    )
+    with pytest.raises(ValueError):
+        file_path(tmp_path, "../../etc/passwd")
+    shutil.move(parts / "0002" / "unit-002345.arrow", parts / "unit-002345.arrow")  # flat: old
+    assert sorted(unit_files(tmp_path)) == [0, 999, 1000, 2345]
+    units = [range(2 * u, 2 * u + 2) for u in range(2346)]
+    assert store.settle(tmp_path, units, 2, {"x": 1}).whole == {0, 999, 1000, 2345}

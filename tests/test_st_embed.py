@@ -135,7 +135,7 @@ def test_a_module_ddpinfer_does_not_run_stops_the_run_before_any_work(tmp_path, 
         run_in_process([f"model.path={model}", f"data.path={data}", "run.dir=run"], tmp_path)
     assert "sentence_transformers.models.LSTM" in str(refused.value)
     assert str(model / "modules.json") in str(refused.value)
-    assert not list((tmp_path / "run").glob("parts/*.arrow"))
+    assert not list((tmp_path / "run").glob("parts/*/*.arrow"))
 
 
 def test_an_unknown_prompt_name_is_refused_naming_the_prompts(tmp_path, dense_model):

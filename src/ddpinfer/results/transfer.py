@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ddpinfer.launch import ProcessGroup
 from ddpinfer.rundir.atomic import atomic_path
-from ddpinfer.rundir.parts import FRAGMENT_NAME, PART_NAME, parts_dir
+from ddpinfer.rundir.parts import file_path
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _receive_parts(group: ProcessGroup, run_dir: Path, src: int) -> None:
         name_length, size = (int(x) for x in meta)
         name = torch.empty(name_length, dtype=torch.uint8)
         dist.recv(name, src=src, group=group.control)
-        target = parts_dir(run_dir) / _part_name(name.numpy().tobytes().decode())
+        target = file_path(run_dir, name.numpy().tobytes().decode())
         with atomic_path(target) as tmp, open(tmp, "wb") as f:
             left = size
             while left:
@@ -66,10 +66,3 @@ def _receive_parts(group: ProcessGroup, run_dir: Path, src: int) -> None:
                 dist.recv(view, src=src, group=group.control)
                 f.write(view.numpy().tobytes())
                 left -= view.numel()
-
-
-def _part_name(name: str) -> str:
-    """A received file's name, checked: a part or fragment, never a path elsewhere."""
-    if not (PART_NAME.match(name) or FRAGMENT_NAME.match(name)):
-        raise ValueError(f"received a file that is no part: {name!r}")
-    return name

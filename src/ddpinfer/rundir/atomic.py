@@ -41,7 +41,9 @@ def atomic_path(path: Path, before_rename: Callable[[], None] | None = None) -> 
     The temporary name is random, as ``tempfile``'s are, not derived from the PID: PIDs repeat
     across containers on different nodes, and two writers of one file must never share a
     temporary. (Not ``mkstemp`` itself: its 0600 mode would pass to the final file.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # a new folder: its name, too, durable before the file's
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(path.parent.parent)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         yield tmp

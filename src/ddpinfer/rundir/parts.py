@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,52 @@ def parts_dir(run_dir: Path) -> Path:
     return run_dir / "parts"
 
 
+UNITS_PER_FOLDER = 1000
+FOLDER_NAME = re.compile(r"^\d{4,}$")
+
+
+def unit_folder(run_dir: Path, unit: int) -> Path:
+    """The folder of ``unit``'s part and fragments: ``parts/0000/`` holds units 0-999,
+    ``parts/0001/`` the next thousand. A billion-row job has hundreds of thousands of parts: one
+    flat folder of them is slow to list, and to create files in, on a shared filesystem."""
+    return parts_dir(run_dir) / f"{unit // UNITS_PER_FOLDER:04d}"
+
+
 def part_path(run_dir: Path, unit: int) -> Path:
-    return parts_dir(run_dir) / f"unit-{unit:06d}.arrow"
+    return unit_folder(run_dir, unit) / f"unit-{unit:06d}.arrow"
 
 
 def fragment_path(run_dir: Path, unit: int, tag: str) -> Path:
-    return parts_dir(run_dir) / f"unit-{unit:06d}.f-{tag}.arrow"
+    return unit_folder(run_dir, unit) / f"unit-{unit:06d}.f-{tag}.arrow"
+
+
+def file_path(run_dir: Path, name: str) -> Path:
+    """Where a part or fragment named ``name`` goes (``ValueError`` for any other name: a
+    received name is never a path elsewhere)."""
+    m = PART_NAME.match(name) or FRAGMENT_NAME.match(name)
+    if m is None:
+        raise ValueError(f"not the name of a part or fragment: {name!r}")
+    return unit_folder(run_dir, int(m.group(1))) / name
+
+
+def unit_folders(run_dir: Path) -> list[Path]:
+    folder = parts_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if FOLDER_NAME.match(p.name) and p.is_dir()]
+
+
+def _files(run_dir: Path) -> Iterator[Path]:
+    """Every entry of the units' folders, and of ``parts/`` itself (journals; the parts of a
+    run directory written before parts had folders)."""
+    folder = parts_dir(run_dir)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if FOLDER_NAME.match(entry.name) and entry.is_dir():
+            yield from entry.iterdir()
+        else:
+            yield entry
 
 
 def id_array(ids: Sequence[Any]) -> tuple[pa.Array, pa.Field]:
@@ -256,11 +296,8 @@ def combine_parts(tables: Sequence[pa.Table]) -> pa.Table:
 
 def unit_files(run_dir: Path) -> dict[int, list[Path]]:
     """Each unit's part and fragments, by unit, the part (if any) first."""
-    folder = parts_dir(run_dir)
-    if not folder.is_dir():
-        return {}
     files: dict[int, list[Path]] = {}
-    for path in sorted(folder.iterdir()):  # unit-N.arrow sorts before unit-N.f-*.arrow
+    for path in sorted(_files(run_dir), key=lambda p: p.name):  # unit-N.arrow, then its .f-*
         if m := PART_NAME.match(path.name) or FRAGMENT_NAME.match(path.name):
             files.setdefault(int(m.group(1)), []).append(path)
     return files
@@ -277,7 +314,4 @@ def is_part(path: Path) -> bool:
 
 
 def finished_units(run_dir: Path) -> set[int]:
-    folder = parts_dir(run_dir)
-    if not folder.is_dir():
-        return set()
-    return {int(m.group(1)) for p in folder.iterdir() if (m := PART_NAME.match(p.name))}
+    return {int(m.group(1)) for p in _files(run_dir) if (m := PART_NAME.match(p.name))}

@@ -35,7 +35,7 @@ from typing import Any
 from ddpinfer.errors import UserError
 from ddpinfer.rundir.atomic import atomic_text, fsync_dir, sweep_temporaries
 from ddpinfer.rundir.journal import journals, salvage
-from ddpinfer.rundir.parts import held_rows, is_part, parts_dir, unit_files
+from ddpinfer.rundir.parts import held_rows, is_part, parts_dir, unit_files, unit_folders
 
 log = logging.getLogger("ddpinfer")
 
@@ -91,6 +91,8 @@ def sweep_run_dir(run_dir: Path) -> list[Path]:
     for name in OWN_FOLDERS:
         if (run_dir / name).is_dir():
             swept += sweep_temporaries(run_dir / name)
+    for folder in unit_folders(run_dir):
+        swept += sweep_temporaries(folder)
     return swept
 
 
