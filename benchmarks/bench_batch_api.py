@@ -12,7 +12,13 @@ The requests have long-tailed ``max_tokens`` (exponential, mean ``--mean``, at m
 ``--max-tokens``); the model is a random float32 Llama (hidden 256, 4 layers) with the MiniLM
 tokenizer and a chat template, so greedy answers rarely end before their max_tokens.
 
-    python benchmarks/bench_batch_api.py [--requests 300] [--mean 48] [--max-tokens 256]
+    python benchmarks/bench_batch_api.py [--requests 2000] [--mean 48] [--max-tokens 256]
+                                         [--no-stop]
+
+``run_batch-1p`` is run_batch with its engine in its frontend's process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as ddpinfer runs the engine of a one-process job: the
+like-for-like figure on a small machine, where vLLM's default frontend and engine processes
+share the cores.
 """
 
 from __future__ import annotations
@@ -121,7 +127,16 @@ def commands(tmp: Path, model: Path, batch: Path, name: str) -> dict[str, tuple[
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "PYTHONPATH": os.pathsep.join([str(CHILD_SITE), os.environ.get("PYTHONPATH", "")]),
     }
-    return {"ddpinfer": (ddp, env()), "run_batch": (vb, vb_env)}
+    # run_batch's engine runs in a process of its own beside the frontend (vLLM's default); as
+    # ddpinfer runs a one-process job's engine (in the same process), for a like-for-like figure
+    in_process = {**vb_env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    out = str(tmp / f"{name}-run_batch-1p.jsonl")
+    vb_1p = [out if a == str(tmp / f"{name}-run_batch.jsonl") else a for a in vb]
+    return {
+        "ddpinfer": (ddp, env()),
+        "run_batch": (vb, vb_env),
+        "run_batch-1p": (vb_1p, in_process),
+    }
 
 
 def tokens(path: Path) -> tuple[int, int]:
@@ -176,9 +191,10 @@ def ddpinfer_kept(run_dir: Path, cmd: list[str], environ: dict, cwd: Path, n: in
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--mean", type=float, default=48)
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--no-stop", action="store_true", help="the speed figures only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -204,7 +220,10 @@ def main() -> None:
                 f"{tool:10s} {answers} answers, {new} new tokens in {walls[tool]:.1f} s: "
                 f"{speed[tool]:.0f} new tokens/s (end to end)"
             )
-        print(f"ddpinfer / run_batch: {speed['ddpinfer'] / speed['run_batch']:.2f}x")
+        for other in ("run_batch", "run_batch-1p"):
+            print(f"ddpinfer / {other}: {speed['ddpinfer'] / speed[other]:.2f}x")
+        if args.no_stop:
+            return
         # ddpinfer is stopped once half the requests are journaled; run_batch, which shows no
         # progress, after the same time (their start-up and speed are alike: above)
         stop = commands(tmp, model, batch, "stop")

@@ -87,16 +87,16 @@ def test_a_slow_rank_takes_fewer_units_and_results_do_not_change(tmp_path, corpu
     np.testing.assert_allclose(embeddings(out), embeddings(reference), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_npy_and_parquet_outputs_hold_the_same_float32_embeddings(tmp_path, corpus, bert_embedder):
+    # in this process: the format is what is checked here (2 ranks: the merge tests)
     _, reference = embed(tmp_path, bert_embedder, "ref.jsonl", "batch.max_tokens=64")
-    _, npy = embed(tmp_path, bert_embedder, "emb.npy", "data.unit_size=8", nproc=2)
+    _, npy = embed(tmp_path, bert_embedder, "emb.npy", "data.unit_size=8")
     matrix = np.load(npy)
     assert matrix.dtype == np.float32 and matrix.shape == (N, 32)
     ids = [json.loads(line)["id"] for line in (tmp_path / "emb.ids.jsonl").open()]
     assert ids == [f"doc-{i}" for i in range(N)]
     np.testing.assert_allclose(matrix, embeddings(reference), atol=1e-5)
-    _, parquet = embed(tmp_path, bert_embedder, "emb.parquet", "batch_size=3", nproc=2)
+    _, parquet = embed(tmp_path, bert_embedder, "emb.parquet", "batch_size=3")
     table = pq.read_table(parquet)
     assert table.schema.field("embedding").type.value_type == pa.float32()
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), matrix, atol=1e-5)
