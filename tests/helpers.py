@@ -258,6 +258,12 @@ def job_parts(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "runs" / "job" / "parts").glob("*/unit-*.arrow"))
 
 
+def run_files(parts: Path) -> list[Path]:
+    """Every file in a run directory's ``parts/`` folder: its journals, and the parts and
+    fragments in its units' folders (``parts/0000/``...)."""
+    return sorted(p for p in parts.rglob("*") if p.is_file()) if parts.is_dir() else []
+
+
 def assert_complete(tmp_path: Path, rows: int) -> None:
     """out.jsonl holds every input once, in order."""
     ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]

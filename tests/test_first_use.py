@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, TEXTS, check, read_jsonl, run_in_process, subprocess_env, write_jsonl
+from helpers import (
+    REPO,
+    TEXTS,
+    check,
+    read_jsonl,
+    run_files,
+    run_in_process,
+    subprocess_env,
+    write_jsonl,
+)
 from hydra import compose, initialize_config_dir
 
 from ddpinfer.config import ConfigError, register_configs, to_config
@@ -249,17 +258,17 @@ def test_appended_rows_keep_the_finished_units_and_removed_rows_drop_theirs(
     args += ["output.path=out.jsonl", "run.name=job"]
     run_in_process(args, tmp_path)
     parts = tmp_path / "runs/job/parts"
-    first = {p.name: p.stat().st_mtime_ns for p in parts.iterdir()}
+    first = {p.name: p.stat().st_mtime_ns for p in run_files(parts)}
     assert len(first) == 3
     write_jsonl(data, [*texts, "one more row", "and another"])
     run_in_process(args, tmp_path)
     log = (tmp_path / "runs/job/logs/rank0.log").read_text()
     assert "resuming: 2 of 3 work unit(s) already done" in log  # the short last one changed
-    now = {p.name: p.stat().st_mtime_ns for p in parts.iterdir()}
+    now = {p.name: p.stat().st_mtime_ns for p in run_files(parts)}
     assert [first[n] == now[n] for n in sorted(first)] == [True, True, False]
     run_in_process([*args[:3], "output.path=ref.jsonl"], tmp_path)
     assert read_jsonl(tmp_path / "out.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
     write_jsonl(data, texts[:70])  # rows removed at the end: units 0 and 1 remain
     run_in_process(args, tmp_path)
-    assert len(list(parts.iterdir())) == 2
+    assert len(run_files(parts)) == 2
     assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [f"doc-{i}" for i in range(70)]

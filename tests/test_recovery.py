@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import tiny_models
-from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
+from helpers import TEXTS, read_jsonl, run_files, run_in_process, write_jsonl
 
 from ddpinfer.compute.model_loading import ModelLoadError
 
@@ -141,7 +141,7 @@ def test_a_transient_cuda_error_fails_the_unit_not_its_inputs_and_a_rerun_retrie
     with pytest.raises(TransientError, match="retried when the same command runs again"):
         run_in_process([*args, "fault.cuda_error_at_batch=5"])
     run_dir = next((tmp_path / "runs").glob("out-*"))
-    kept = sorted(p.name for p in (run_dir / "parts").iterdir())
+    kept = sorted(p.name for p in run_files(run_dir / "parts"))
     # 4 batches of 2: units 0 and 1; the 5th batch, unit 2's first, is in its window's journal
     assert kept[1:] == ["unit-000000.arrow", "unit-000001.arrow"] and kept[0].startswith("journal-")
     result = run_in_process(args)  # the same command again: the failed unit is retried

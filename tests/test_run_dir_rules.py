@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import TEXTS, read_jsonl, run_in_process, write_jsonl
+from helpers import TEXTS, read_jsonl, run_files, run_in_process, write_jsonl
 
 from ddpinfer.compute.windows import TransientError
 from ddpinfer.plan.fingerprint import FingerprintMismatch
@@ -91,7 +91,7 @@ def test_a_unit_finished_as_fragments_over_two_stopped_attempts_is_kept(tmp_path
     run_in_process(args(tmp_path, bert_embedder, "ref"))
     stop_at_batch(tmp_path, bert_embedder, 9)
     stop_at_batch(tmp_path, bert_embedder, 3)
-    names = [p.name for p in (tmp_path / "out" / "parts").iterdir()]
+    names = [p.name for p in run_files(tmp_path / "out" / "parts")]
     assert any(n.startswith("journal-") for n in names) and any(".f-" in n for n in names)
     left = N - len(rows_held(tmp_path / "out"))
     run_in_process(args(tmp_path, bert_embedder, "out"))
@@ -188,7 +188,7 @@ def test_damaged_journals_and_parts_are_found_and_recomputed(tmp_path, bert_embe
     run_in_process(args(tmp_path, bert_embedder, "ref"))
     stop_at_batch(tmp_path, bert_embedder, 4)  # mid-window: the journal holds 2 batches
     rng = np.random.default_rng(seed)
-    files = sorted((tmp_path / "out" / "parts").iterdir())
+    files = run_files(tmp_path / "out" / "parts")
     assert any(p.name.startswith("journal-") for p in files)
     kinds = {p.name: corrupt(p, rng) for p in files}
     print(kinds)
@@ -239,8 +239,9 @@ def test_fragments_beside_a_whole_part_are_deleted_and_never_come_back(tmp_path)
 
 
 def test_renames_and_new_journals_are_made_durable_in_their_folder(tmp_path, monkeypatch):
-    """A part's rename and a journal's creation fsync parts/ itself: a crash after them cannot
-    bring back a deleted name or lose a new one."""
+    """A part's rename fsyncs its units' folder (and parts/, where the folder is new), a
+    journal's creation parts/ itself: a crash after them cannot bring back a deleted name or
+    lose a new one."""
     from ddpinfer.rundir import atomic, journal
     from ddpinfer.rundir.parts import build_table, parts_dir, write_part
 
@@ -249,11 +250,13 @@ def test_renames_and_new_journals_are_made_durable_in_their_folder(tmp_path, mon
     monkeypatch.setattr(journal, "fsync_dir", synced.append)
     table = build_table([0], [0], {"embedding": np.ones((1, 2), np.float32)}, [])
     write_part(tmp_path, 0, table)
-    assert synced == [parts_dir(tmp_path)]
+    assert synced == [parts_dir(tmp_path), parts_dir(tmp_path) / "0000"]  # a new folder
+    write_part(tmp_path, 1, table)
+    assert synced[2:] == [parts_dir(tmp_path) / "0000"]
     log = journal.Journal(tmp_path)
     log.append(table)
     log.append(table)
-    assert synced == [parts_dir(tmp_path)] * 2  # once, when the journal is new
+    assert synced[3:] == [parts_dir(tmp_path)]  # once, when the journal is new
 
 
 def test_with_shared_fs_false_rank_0s_node_mates_are_fenced_too(tmp_path):
