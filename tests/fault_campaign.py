@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from helpers import LAUNCHER, TEXTS, subprocess_env, torchrun_cmd, write_jsonl
+from helpers import LAUNCHER, TEXTS, run_files, subprocess_env, torchrun_cmd, write_jsonl
 
 KINDS = ("kill-rank", "freeze", "kill-job", "sigterm", "sigint", "two-kills", "damage")
 TWO_RANKS = ("kill-rank", "freeze")
@@ -74,8 +74,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def _files(run_dir: Path) -> list[Path]:
-    parts = run_dir / "parts"
-    return sorted(parts.iterdir()) if parts.is_dir() else []
+    """The run directory's journals, parts and fragments (in its units' folders)."""
+    return run_files(run_dir / "parts")
 
 
 def _wait_files(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> bool:

@@ -76,7 +76,7 @@ def test_a_failed_attempt_keeps_the_remote_nodes_work(tmp_path, base_args):
     )
     assert codes != [0, 0] and "injected fault on rank 0" in logs, logs
     assert not list(tmp_path.glob("node*/out.jsonl"))
-    held = {n: len(list(tmp_path.glob(f"node{n}/run/parts/unit-*.arrow"))) for n in (0, 1)}
+    held = {n: len(list(tmp_path.glob(f"node{n}/run/parts/*/unit-*.arrow"))) for n in (0, 1)}
     assert sorted(held.values()) != [0, 6] and sum(held.values()) == 6, held
 
     edited = [*TEXTS[:-1], "the last record was edited between the two attempts"]

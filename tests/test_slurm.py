@@ -311,7 +311,7 @@ def test_submitit_launcher_one_task_per_gpu_requeues_on_its_time_limit_signal(
     work = root / "submitit-requeue"
     work.mkdir()
     slow = ("data.unit_size=1", "batch_size=1", "fault.delay_s=1.5", f"fault.hold_file={work}/hold")
-    parts = lambda: list(work.glob("runs/*/parts/unit-*.arrow"))  # noqa: E731
+    parts = lambda: list(work.glob("runs/*/parts/*/unit-*.arrow"))  # noqa: E731
     log_file = work / "sweep.log"
     with open(log_file, "w") as log:
         sweep = subprocess.Popen(
