@@ -97,7 +97,8 @@ def main() -> None:
     per_row = max(0.0, (rerun_large_s - rerun_s) / (large - small))
 
     rate = args.rows / scan_s
-    print(f"measured on {args.rows:,} rows (JSON Lines), under load on a shared 2-core VM")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"measured on {args.rows:,} rows (JSON Lines), {os.cpu_count()} cores, load {load}")
     print(f"  scan (rank 0):               {rate:,.0f} rows/s")
     print(f"  scan from cache:             {cached_s:.3f} s ({args.rows / cached_s:,.0f} rows/s)")
     print(f"  one rank of 100, its windows: {amplification:.2f} rows decoded per row run, "
