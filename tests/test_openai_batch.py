@@ -112,18 +112,23 @@ def test_custom_ids_must_be_unique_and_the_task_must_answer_the_endpoint(tmp_pat
                         "output.path=o.jsonl"], cwd=tmp_path)  # fmt: skip
 
 
-def test_an_embeddings_file_gives_embedding_responses(tmp_path, bert_embedder):
+@pytest.mark.parametrize("packing", ["true", "false"])
+def test_an_embeddings_file_gives_embedding_responses(tmp_path, bert_embedder, packing):
     from openai.types import CreateEmbeddingResponse
+    from transformers import AutoTokenizer
 
     requests = [request(k, "/v1/embeddings", {"input": TEXTS[k], "model": "x"}) for k in range(3)]
     write_records(tmp_path / "batch.jsonl", requests)
     run_in_process(["task=embed", f"model.path={bert_embedder}", "data.path=batch.jsonl",
-                    "output.path=out.jsonl"], cwd=tmp_path)  # fmt: skip
+                    "output.path=out.jsonl", f"batch.packing={packing}"], cwd=tmp_path)  # fmt: skip
     lines = read_jsonl(tmp_path / "out.jsonl")
     assert [line["custom_id"] for line in lines] == ["req-0", "req-1", "req-2"]
-    for line in lines:
+    tokenizer = AutoTokenizer.from_pretrained(bert_embedder)
+    for k, line in enumerate(lines):
         body = CreateEmbeddingResponse.model_validate(line["response"]["body"])
         assert len(body.data[0].embedding) == 32
+        tokens = len(tokenizer(TEXTS[k])["input_ids"])  # special tokens included, as vLLM counts
+        assert body.usage.prompt_tokens == body.usage.total_tokens == tokens
 
 
 def test_an_interrupted_batch_resumes_to_one_answer_per_request(tmp_path, chat_llama):

@@ -48,10 +48,19 @@ class Embedding:
 
 class EmbedTask(Task):
     def __init__(
-        self, tokenizer, model, max_length, embedding: Embedding, packed: bool = False
+        self,
+        tokenizer,
+        model,
+        max_length,
+        embedding: Embedding,
+        packed: bool = False,
+        count_tokens: bool = False,
     ) -> None:
         super().__init__(tokenizer, model, max_length)
         self.embedding = embedding
+        self.count_tokens = count_tokens
+        """Also a "prompt_tokens" column, the tokens each input gave the model (an OpenAI
+        embeddings batch's ``usage``)."""
         self.packed = packed
         if packed:
             self._first_position = packing.position_start(model.config) or 0
@@ -74,16 +83,21 @@ class EmbedTask(Task):
             model_inputs = {k: v for k, v in batch.items() if k != packing.LENGTHS}
             hidden = self.model(**model_inputs).last_hidden_state[0]
             pooled = pool_packed(hidden, lengths, e.pooling, e.prompt_length)
+            tokens = torch.as_tensor(lengths)
         else:
             hidden = self.model(**batch).last_hidden_state
             pooled = pool_padded(hidden, batch["attention_mask"], e.pooling, e.prompt_length)
+            tokens = batch["attention_mask"].sum(dim=1)
         if e.head is not None:
             pooled = e.head(pooled)
         if e.truncate_dim is not None:
             pooled = pooled[..., : e.truncate_dim]
         if e.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return {"embedding": quantize(pooled.float().cpu().numpy(), e.precision, e.ranges)}
+        columns = {"embedding": quantize(pooled.float().cpu().numpy(), e.precision, e.ranges)}
+        if self.count_tokens:
+            columns["prompt_tokens"] = tokens.cpu().numpy().astype(np.int64)
+        return columns
 
 
 def prompt_length(tokenizer: Any, prompt: str, max_length: int | None) -> int:
@@ -120,7 +134,8 @@ def build(cfg: Config, path: str, device: torch.device) -> EmbedTask:
         lower_case(tokenizer)
     embedding = embedding_steps(cfg, checkpoint, tokenizer, model, limit)
     packed = packing.choose(cfg.batch.packing, model, device, cfg.model.attn_implementation)
-    return EmbedTask(tokenizer, model, limit, embedding, packed)
+    count_tokens = cfg.output.format == "openai_batch_embeddings"  # its usage
+    return EmbedTask(tokenizer, model, limit, embedding, packed, count_tokens)
 
 
 def embedding_steps(
