@@ -103,3 +103,37 @@ def test_a_large_window_goes_in_at_the_cap_and_a_refused_prompt_is_one_bad_input
     assert [e["row"] for e in errors] == [7]
     assert "its prompt could not be made: ValueError: the template refuses" in errors[0]["error"]
     assert sum(len(u.good) for u in writer.units) == 255
+
+
+def test_an_engine_process_found_ended_is_a_dead_engine_before_vllm_says_so():
+    """vLLM's monitor thread shuts the engine's other processes down before it sets
+    ``engine_dead``, and a rank waiting on that flag alone once waited 10 minutes (its stall
+    clock) for an engine killed the moment it was up: the process's own exit code counts too."""
+    import multiprocessing
+    import queue
+    import threading
+    import types
+
+    from ddpinfer.compute.engines.vllm_engine import EngineFailed, VllmEngine
+
+    ended = multiprocessing.get_context("spawn").Process(target=int)
+    ended.start()
+    ended.join()
+    resources = types.SimpleNamespace(
+        engine_dead=False, engine_manager=types.SimpleNamespace(processes=[ended])
+    )
+    client = types.SimpleNamespace(outputs_queue=queue.Queue(), resources=resources)
+    engine = VllmEngine.__new__(VllmEngine)
+    engine.engine = types.SimpleNamespace(engine_core=client, should_execute_dummy_batch=False)
+    raised = []
+
+    def step():
+        try:
+            engine.step()
+        except EngineFailed as e:
+            raised.append(e)
+
+    waiter = threading.Thread(target=step, daemon=True)
+    waiter.start()
+    waiter.join(timeout=60)  # a bound for a busy machine: the check is immediate
+    assert raised and "died" in str(raised[0])

@@ -144,6 +144,8 @@ class VllmEngine:
     def add(self, request_id: str, prompt: Any, sampling: Mapping[str, Any]) -> None:
         """Queue one request; ``RequestRejected`` when the engine refuses it."""
         params = _sampling_params(sampling)
+        if self._dead():  # its input socket would take the request, and nothing would answer
+            raise EngineFailed(DIED)
         try:
             self.engine.add_request(request_id, prompt, params)
         except Exception as e:  # validation: too long, empty, too many images, out of vocabulary
@@ -180,13 +182,20 @@ class VllmEngine:
             return
         with outputs.not_empty:  # notified by every put, so no output waits on us
             while not outputs.queue:
-                if resources.engine_dead:
+                if self._dead():
                     raise EngineFailed(DIED)
                 outputs.not_empty.wait(timeout=DEATH_CHECK_S)
 
     def _dead(self) -> bool:
+        """Whether the engine's process has died: vLLM's own flag, or, where its monitor thread
+        has not set it yet, one of the engine's processes found ended. (The monitor shuts the
+        engine's other processes down before it sets the flag; a rank whose engine was killed
+        the moment it was up waited 10 minutes, for its stall clock, on a flag never set.)"""
         resources = getattr(getattr(self.engine, "engine_core", None), "resources", None)
-        return bool(getattr(resources, "engine_dead", False))
+        if getattr(resources, "engine_dead", False):
+            return True
+        processes = getattr(getattr(resources, "engine_manager", None), "processes", None)
+        return any(getattr(p, "exitcode", None) is not None for p in processes or ())
 
     def shutdown(self) -> None:
         core = getattr(self.engine, "engine_core", None)
