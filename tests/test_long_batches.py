@@ -64,13 +64,21 @@ def rerun_computes(tmp_path, args) -> int:
 def test_sigterm_waits_for_a_batch_longer_than_the_grace(tmp_path, bert_embedder):
     args = job(tmp_path, bert_embedder)
     log = tmp_path / "torchrun.log"
+    # rank 1 holds before its first batch, its first unit claimed: started late on a busy
+    # machine, it would otherwise find every unit taken by rank 0 and run no long batch
+    hold = tmp_path / "hold"
+    hold.touch()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            torchrun_cmd([*args, *FAST_LIVENESS, *SLOW_RANK_1], 2), cwd=tmp_path,
-            env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            torchrun_cmd([*args, *FAST_LIVENESS, *SLOW_RANK_1, f"fault.hold_file={hold}"], 2),
+            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
+    rank1_log = tmp_path / "runs" / "job" / "logs" / "rank1.log"
     try:
-        wait_for(lambda: long_batch_began(tmp_path, 1), timeout=240)
+        wait_for(lambda: rank1_log.exists() and "holds before" in rank1_log.read_text(), 600)
+        hold.unlink()
+        wait_for(lambda: long_batch_began(tmp_path, 1), timeout=600)
         os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler stops a job: every process
         proc.wait(timeout=120)
     finally:

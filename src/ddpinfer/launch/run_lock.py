@@ -147,7 +147,7 @@ class LockFence:
         or, where no probe ran (output.shared_fs=false), by the lock naming this job: rank 0's
         node-mates write into rank 0's run directory whatever the setting says."""
         if not sees_run_dir:
-            holder = Owner.read(path)
+            holder = read_owner(path)
             if holder is None or holder.token != token:
                 return cls(None, token)
         return cls(path, token, heartbeat_s, stale_after_s)
